@@ -1,0 +1,144 @@
+# toppcloud's WSGI shim. Every mod_wsgi daemon in the node's pool runs this
+# script. A slot whose pointer (<data>/slots/<slot>/release) is unset stays an
+# empty interpreter and answers 503; on the first request after the node sets
+# the pointer it becomes that release, for the rest of the daemon's life. The
+# node retires a slot by clearing the pointer and signalling the daemon, so a
+# recycled slot can never come back as the release it used to be.
+import functools
+import importlib.util
+import os
+import site
+import sys
+import threading
+import traceback
+import tomllib
+
+import mod_wsgi
+
+_SLOT = mod_wsgi.process_group[len("tc_"):]
+_SHARE = os.path.dirname(os.path.abspath(__file__))
+_DATA = os.path.dirname(os.path.dirname(_SHARE))
+_POINTER = os.path.join(_DATA, "slots", _SLOT, "release")
+_SITE_PACKAGES = os.path.join("lib", "python%d.%d" % sys.version_info[:2], "site-packages")
+
+_lock = threading.Lock()
+_app = None
+_release = None  # "<site> <id>", the release this daemon became
+
+
+class LoadError(Exception):
+    pass
+
+
+def _not_found(environ, start_response):
+    start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+    return [b"Not Found\n"]
+
+
+def _python_app(app_dir, runner):
+    path = os.path.join(app_dir, runner["file"])
+    name = os.path.splitext(os.path.basename(path))[0]
+    # A runner below a subdirectory imports its siblings the way `python
+    # sub/file.py` would.
+    sub = os.path.dirname(path)
+    if sub != app_dir:
+        sys.path.insert(1, sub)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    try:
+        return functools.reduce(getattr, runner["object"].split("."), module)
+    except AttributeError:
+        raise LoadError("%s defines no %r (app.ini runner)" % (runner["file"], runner["object"]))
+
+
+def _paste_app(app_dir, runner):
+    try:
+        from paste.deploy import loadapp
+    except ImportError:
+        raise LoadError("runner %s needs PasteDeploy: add it to requirements.txt" % runner["file"])
+    path = os.path.join(app_dir, runner["file"])
+    return loadapp("config:" + path, name=runner.get("section") or None, global_conf=dict(os.environ))
+
+
+def _load():
+    """Becomes the release the pointer names, or returns None while unset."""
+    global _app, _release
+    try:
+        rel = os.path.realpath(_POINTER, strict=True)
+    except OSError:
+        return None
+    with open(os.path.join(rel, "release.toml"), "rb") as f:
+        meta = tomllib.load(f)
+    venv = os.path.realpath(os.path.join(rel, "venv"))
+    sp = os.path.join(venv, _SITE_PACKAGES)
+    if not os.path.isdir(sp):
+        raise LoadError("%s is missing: the release's virtualenv was built for another Python" % sp)
+    app_dir = os.path.join(rel, "app")
+    sys.path.insert(0, app_dir)
+    site.addsitedir(sp)
+    # The daemon's own prefix is the empty base venv; code that derives its
+    # environment from sys.prefix or sys.executable (subprocesses, console
+    # scripts) must see the release's venv instead.
+    sys.executable = os.path.join(venv, "bin", "python")
+    sys.prefix = sys.exec_prefix = venv
+    os.environ["VIRTUAL_ENV"] = venv
+    os.environ["PATH"] = os.path.join(venv, "bin") + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
+    os.environ.update(meta.get("env", {}))
+    os.chdir(app_dir)
+    runner = meta["runner"]
+    kind = runner["kind"]
+    if kind == "python":
+        app = _python_app(app_dir, runner)
+    elif kind == "paste":
+        app = _paste_app(app_dir, runner)
+    elif kind == "static":
+        app = _not_found
+    else:
+        raise LoadError("unknown runner kind %r" % kind)
+    _release = "%s %s" % (meta["site"], meta["id"])
+    _app = app
+    print("toppcloud: slot %s (pid %d) loaded %s" % (_SLOT, os.getpid(), _release), file=sys.stderr)
+    return app
+
+
+def _slot_state(start_response):
+    state = "loaded %s" % _release if _app is not None else "empty"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("X-Slot-State", state),
+                              ("X-Slot-Pid", str(os.getpid()))])
+    return [state.encode() + b"\n"]
+
+
+def application(environ, start_response):
+    check = environ.get("TC_CHECK") == "1"
+    # The node asks a slot what it holds without making it load anything.
+    if check and environ.get("PATH_INFO") == "/.toppcloud/slot":
+        return _slot_state(start_response)
+    app = _app
+    if app is None:
+        with _lock:
+            try:
+                app = _app or _load()
+            except Exception:
+                text = traceback.format_exc()
+                print("toppcloud: slot %s failed to load:\n%s" % (_SLOT, text), file=sys.stderr)
+                body = text.encode() if check else b"Internal Server Error\n"
+                start_response("500 Internal Server Error", [
+                    ("Content-Type", "text/plain; charset=utf-8"), ("X-Slot-State", "failed"),
+                    ("X-Slot-Pid", str(os.getpid()))])
+                return [body]
+        if app is None:
+            start_response("503 Service Unavailable", [
+                ("Content-Type", "text/plain"), ("Retry-After", "1"),
+                ("X-Slot-State", "empty"), ("X-Slot-Pid", str(os.getpid()))])
+            return [b"empty slot\n"]
+    if not check:
+        return app(environ, start_response)
+
+    # Checks confirm the expected release answers, not just any 200.
+    def start_checked(status, headers, exc_info=None):
+        headers = list(headers) + [("X-Toppcloud-Release", _release), ("X-Slot-Pid", str(os.getpid()))]
+        return start_response(status, headers, exc_info)
+
+    return app(environ, start_checked)

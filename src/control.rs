@@ -1,0 +1,154 @@
+//! The node's local control channel: a Unix socket in the data dir (mode
+//! 0600, so only the node's own user reaches it) that `toppcloud node deploy`
+//! talks to. One JSON request line in; JSON event lines out, ending with a
+//! `done` event.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::engine::{DeployRequest, Engine};
+use crate::names::SiteName;
+use crate::progress::Progress;
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Deploy { site: String, dir: PathBuf },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    Progress { line: String },
+    Done { ok: bool, message: String },
+}
+
+pub fn bind(path: &Path) -> Result<UnixListener> {
+    let _ = std::fs::remove_file(path);
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+pub async fn serve(listener: UnixListener, engine: Arc<Engine>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = handle(stream, engine).await {
+                        tracing::warn!("control connection: {e:#}");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!("control socket accept: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, ev: &Event) -> std::io::Result<()> {
+    let mut line = serde_json::to_string(ev).map_err(std::io::Error::other)?;
+    line.push('\n');
+    w.write_all(line.as_bytes()).await
+}
+
+async fn handle(stream: UnixStream, engine: Arc<Engine>) -> Result<()> {
+    let (r, mut w) = stream.into_split();
+    let mut lines = BufReader::new(r).lines();
+    let Some(line) = lines.next_line().await? else {
+        return Ok(());
+    };
+    let req: Request = match serde_json::from_str(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            let message = format!("malformed request: {e}");
+            send(&mut w, &Event::Done { ok: false, message }).await?;
+            return Ok(());
+        }
+    };
+    match req {
+        Request::Deploy { site, dir } => {
+            let site = match SiteName::parse(&site, engine.domain()) {
+                Ok(s) => s,
+                Err(e) => {
+                    let message = e.to_string();
+                    send(&mut w, &Event::Done { ok: false, message }).await?;
+                    return Ok(());
+                }
+            };
+            let (progress, mut rx) = Progress::channel();
+            let origin = format!("node deploy {}", dir.display());
+            // The deploy runs to its end even if the client goes away.
+            let job = tokio::spawn({
+                let engine = engine.clone();
+                async move {
+                    let req = DeployRequest {
+                        site,
+                        source: dir,
+                        origin,
+                    };
+                    engine.deploy(req, &progress).await
+                }
+            });
+            let mut connected = true;
+            while let Some(line) = rx.recv().await {
+                if connected && send(&mut w, &Event::Progress { line }).await.is_err() {
+                    connected = false;
+                }
+            }
+            let done = match job.await {
+                Ok(Ok(d)) => Event::Done {
+                    ok: true,
+                    message: d.summary(),
+                },
+                Ok(Err(e)) => Event::Done {
+                    ok: false,
+                    message: format!("deploy failed: {e:#}"),
+                },
+                Err(e) => Event::Done {
+                    ok: false,
+                    message: format!("deploy crashed: {e}"),
+                },
+            };
+            if connected {
+                send(&mut w, &done).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The client side: sends one request, prints progress, returns the final
+/// verdict as an error or Ok.
+pub async fn request(socket: &Path, req: &Request) -> Result<String> {
+    let stream = UnixStream::connect(socket).await.with_context(|| {
+        format!(
+            "no node is running here (cannot connect to {})\nhint: start one with `toppcloud node run --dev`",
+            socket.display()
+        )
+    })?;
+    let (r, mut w) = stream.into_split();
+    let mut line = serde_json::to_string(req)?;
+    line.push('\n');
+    w.write_all(line.as_bytes()).await?;
+    let mut lines = BufReader::new(r).lines();
+    while let Some(line) = lines.next_line().await? {
+        match serde_json::from_str::<Event>(&line) {
+            Ok(Event::Progress { line }) => println!("{line}"),
+            Ok(Event::Done { ok: true, message }) => return Ok(message),
+            Ok(Event::Done { ok: false, message }) => bail!("{message}"),
+            Err(e) => bail!("unexpected answer from the node: {e}"),
+        }
+    }
+    bail!("the node closed the connection before the deploy ended (did it stop?)")
+}

@@ -1,0 +1,581 @@
+//! The deploy engine: every way in (the `node deploy` command now; git push,
+//! rsync and webhooks later) becomes one `DeployRequest`, and one pipeline
+//! makes it live:
+//!
+//!   wait for the site's turn -> stage -> read app.ini -> build -> load into
+//!   the spare slot -> check -> switch routes -> record -> retire and prune
+//!
+//! Anything that fails before the switch removes the new release and leaves
+//! every host serving what it served before; that failure path is written
+//! once, in `deploy`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use tokio::sync::OwnedMutexGuard;
+use tracing::Instrument;
+
+use crate::apache::{self, Apache};
+use crate::app_ini::AppIni;
+use crate::build::{Builder, venv_key_of};
+use crate::config::NodeConfig;
+use crate::layout::Layout;
+use crate::names::{ReleaseId, SiteName};
+use crate::progress::Progress;
+use crate::release::{self, ReleaseFile, RunnerSpec};
+use crate::site_state::{Placed, ReleaseRecord, SiteState};
+
+/// The version string apps see in `TOPPCLOUD`.
+pub const NODE_VERSION: &str = concat!("toppcloud/", env!("CARGO_PKG_VERSION"));
+
+pub struct DeployRequest {
+    pub site: SiteName,
+    /// A directory holding the app; it is copied, never changed.
+    pub source: PathBuf,
+    /// Who or what asked, for the release record ("node deploy /path").
+    pub origin: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Deployed {
+    pub site: SiteName,
+    pub release: ReleaseId,
+    pub version: Option<u32>,
+    pub url: String,
+}
+
+impl Deployed {
+    /// The line a user reads last: where it is live, which release.
+    pub fn summary(&self) -> String {
+        let version = self
+            .version
+            .map(|v| format!(", version {v}"))
+            .unwrap_or_default();
+        format!("{} is live at {} (release {}{version})", self.site, self.url, self.release)
+    }
+}
+
+pub struct Engine {
+    cfg: NodeConfig,
+    layout: Layout,
+    apache: Apache,
+    builder: Builder,
+    state: Mutex<NodeState>,
+    /// One deploy per site at a time; the locks die with the process.
+    turns: Mutex<HashMap<SiteName, Arc<tokio::sync::Mutex<()>>>>,
+    /// Serialises pool growth (a graceful restart).
+    pool_growth: tokio::sync::Mutex<()>,
+}
+
+struct NodeState {
+    pool: usize,
+    sites: BTreeMap<SiteName, SiteState>,
+}
+
+impl NodeState {
+    fn used_slots(&self) -> HashSet<String> {
+        self.sites.values().flat_map(|s| s.slots.iter().cloned()).collect()
+    }
+
+    fn routes(&self) -> apache::routes::Routes {
+        let mut r = apache::routes::Routes::new();
+        for (site, st) in &self.sites {
+            r.extend(st.routes(site));
+        }
+        r
+    }
+}
+
+/// What must be undone if a deploy fails before its switch.
+struct Attempt {
+    release_dir: PathBuf,
+    slot: Option<String>,
+}
+
+impl Engine {
+    /// Reads every site's state and repairs what a crash may have left: a
+    /// release dir that never went live, a staging area.
+    pub fn open(cfg: NodeConfig) -> Result<Engine> {
+        let layout = Layout::new(cfg.data_dir.clone());
+        let mut sites = BTreeMap::new();
+        if let Ok(entries) = std::fs::read_dir(layout.sites_dir()) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Ok(site) = SiteName::parse(&name, &cfg.domain) else {
+                    tracing::warn!("ignoring {}: not a site name", e.path().display());
+                    continue;
+                };
+                let path = layout.site_state(&site);
+                if !path.exists() {
+                    // A site whose first deploy never went live.
+                    let _ = std::fs::remove_dir_all(e.path());
+                    continue;
+                }
+                let st = SiteState::load(&path)?;
+                remove_unrecorded_releases(&layout, &site, &st);
+                sites.insert(site, st);
+            }
+        }
+        let _ = std::fs::remove_dir_all(layout.tmp_dir());
+        let highest = sites
+            .values()
+            .flat_map(|s| s.slots.iter())
+            .filter_map(|s| s.trim_start_matches('s').parse::<usize>().ok())
+            .max();
+        let mut pool = cfg.apache.slots;
+        while highest.is_some_and(|h| h >= pool) {
+            pool += cfg.apache.slots;
+        }
+        Ok(Engine {
+            apache: Apache::new(cfg.apache.clone(), layout.clone()),
+            builder: Builder::new(cfg.build.clone(), layout.clone()),
+            layout,
+            state: Mutex::new(NodeState { pool, sites }),
+            turns: Mutex::new(HashMap::new()),
+            pool_growth: tokio::sync::Mutex::new(()),
+            cfg,
+        })
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, NodeState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn apache(&self) -> &Apache {
+        &self.apache
+    }
+
+    pub fn domain(&self) -> &str {
+        &self.cfg.domain
+    }
+
+    /// Starts serving: the base interpreter, Apache, and the routes as
+    /// recorded. Slots that hold neither a live nor a previous release lose
+    /// their pointers before Apache (re)starts, so they come up empty.
+    pub async fn start(&self) -> Result<()> {
+        self.builder.ensure_base().await?;
+        let (pool, live_slots, routes) = {
+            let st = self.state();
+            let live: HashSet<String> = st
+                .sites
+                .values()
+                .flat_map(|s| [&s.live, &s.prev])
+                .flatten()
+                .map(|p| p.slot.clone())
+                .collect();
+            (st.pool, live, st.routes())
+        };
+        for i in 0..pool {
+            let slot = apache::slot_name(i);
+            if !live_slots.contains(&slot) {
+                self.apache.clear_pointer(&slot)?;
+            }
+        }
+        let dir = self.layout.apache_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        apache::routes::write(&self.layout.routes_map(), &routes)?;
+        self.apache.start(pool).await?;
+        self.collect_venvs();
+        Ok(())
+    }
+
+    pub async fn stop(&self) {
+        if let Err(e) = self.apache.stop().await {
+            tracing::warn!("stopping Apache: {e:#}");
+        }
+    }
+
+    fn url(&self, host: &str) -> String {
+        format!("http://{host}{}/", self.apache.port_suffix())
+    }
+
+    /// Waits for the site's turn: one deploy per site, in arrival order.
+    async fn wait_turn(&self, site: &SiteName, progress: &Progress) -> OwnedMutexGuard<()> {
+        let lock = self
+            .turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(site.clone())
+            .or_default()
+            .clone();
+        match lock.clone().try_lock_owned() {
+            Ok(turn) => turn,
+            Err(_) => {
+                progress.say(format!(
+                    "-----> waiting: another deploy to {site} is in progress"
+                ));
+                lock.lock_owned().await
+            }
+        }
+    }
+
+    /// Makes `req.source` live at the site's hosts, or explains why not and
+    /// leaves everything as it was.
+    pub async fn deploy(&self, req: DeployRequest, progress: &Progress) -> Result<Deployed> {
+        let _turn = self.wait_turn(&req.site, progress).await;
+        let started = Instant::now();
+        let id = self.next_release(&req.site);
+        let mut attempt = Attempt {
+            release_dir: self.layout.release_dir(&req.site, id),
+            slot: None,
+        };
+        let span = tracing::info_span!("deploy", site = %req.site, release = %id);
+        let result = self
+            .pipeline(&req, id, &mut attempt, progress)
+            .instrument(span)
+            .await;
+        let outcome = match &result {
+            Ok(_) => "live".to_string(),
+            Err(e) => format!("failed: {e:#}"),
+        };
+        if result.is_err() {
+            if let Some(slot) = &attempt.slot {
+                if let Err(e) = self.apache.retire(slot).await {
+                    tracing::warn!(site = %req.site, "retiring slot {slot}: {e:#}");
+                }
+            }
+            let _ = std::fs::remove_dir_all(&attempt.release_dir);
+        }
+        self.log_deploy(&req, id, &outcome, started.elapsed());
+        result
+    }
+
+    async fn pipeline(
+        &self,
+        req: &DeployRequest,
+        id: ReleaseId,
+        attempt: &mut Attempt,
+        progress: &Progress,
+    ) -> Result<Deployed> {
+        let site = &req.site;
+        let dir = attempt.release_dir.clone();
+        progress.say(format!("-----> deploying {site}, release {id}"));
+
+        // Stage: a fresh, private copy of the tree.
+        if !req.source.is_dir() {
+            bail!("{} is not a directory", req.source.display());
+        }
+        std::fs::create_dir_all(self.layout.releases_dir(site))?;
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)?;
+        }
+        let app_dir = release::app_dir(&dir);
+        let src = req.source.clone();
+        let dest = app_dir.clone();
+        let staged = tokio::task::spawn_blocking(move || release::stage(&src, &dest))
+            .await
+            .context("staging was interrupted")??;
+        progress.say(format!("-----> staged {} files", staged.files));
+        for link in &staged.skipped_links {
+            progress.say(format!(
+                "warning: {link}: symlink points outside the app; left out"
+            ));
+        }
+
+        // app.ini
+        let (ini, warnings) = AppIni::load(&app_dir).map_err(anyhow::Error::new)?;
+        for w in &warnings {
+            progress.say(format!("warning: {w}"));
+        }
+        if let Some(s) = ini.services.first() {
+            bail!(
+                "app.ini:{}: service.{} is not available on this node yet (services are not supported)",
+                s.line,
+                s.name
+            );
+        }
+        if !ini.packages.is_empty() {
+            progress.say("warning: app.ini: packages is not supported; ignored");
+        }
+
+        // Build
+        let lease = self.builder.build(&app_dir, &dir, progress).await?;
+        let mut env = BTreeMap::new();
+        env.insert("SITE".to_string(), site.to_string());
+        env.insert("CANONICAL_HOST".to_string(), site.to_string());
+        env.insert("TOPPCLOUD".to_string(), NODE_VERSION.to_string());
+        let created = release::now_rfc3339();
+        ReleaseFile {
+            id: id.get(),
+            site: site.to_string(),
+            app_name: ini.app_name.clone(),
+            version: ini.version,
+            created: created.clone(),
+            source: req.origin.clone(),
+            venv: lease.key().to_string(),
+            runner: RunnerSpec::from(&ini.runner),
+            env,
+        }
+        .write(&dir)?;
+
+        // Load into the spare slot, warm, before any public host points at it.
+        let slot = self.claim_spare(site, progress).await?;
+        self.apache
+            .wait_empty(&slot, self.apache.request_timeout() + Duration::from_secs(10))
+            .await?;
+        attempt.slot = Some(slot.clone());
+        self.apache.set_pointer(&slot, &dir)?;
+        progress.say("-----> starting the release");
+
+        // Check
+        self.check(site, id, &slot, &ini.update_fetch, progress).await?;
+
+        // Switch (state first, then the map: start() rebuilds the map from
+        // the state, so a crash in between heals).
+        let record = ReleaseRecord {
+            id,
+            version: ini.version,
+            created,
+            source: req.origin.clone(),
+        };
+        let retire = self.switch(site, record, &slot)?;
+        attempt.slot = None;
+        let url = self.url(site.as_str());
+        progress.say(format!("-----> switched {site} to release {id}"));
+
+        // Retire what used to be previous; it becomes the next spare.
+        if let Some(old) = retire {
+            if let Err(e) = self.apache.retire(&old).await {
+                tracing::warn!(site = %site, "retiring slot {old}: {e:#}");
+            }
+        }
+        self.prune(site);
+        drop(lease);
+        self.collect_venvs();
+        Ok(Deployed {
+            site: site.clone(),
+            release: id,
+            version: ini.version,
+            url,
+        })
+    }
+
+    fn next_release(&self, site: &SiteName) -> ReleaseId {
+        let mut st = self.state();
+        let s = st.sites.entry(site.clone()).or_default();
+        let on_disk = s.releases.iter().map(|r| r.id.get()).max().unwrap_or(0);
+        let id = s.next_release.max(on_disk + 1).max(1);
+        s.next_release = id + 1;
+        ReleaseId::new(id)
+    }
+
+    /// The site's spare slot; a site's first deploy takes three free slots
+    /// from the pool, growing the pool (a graceful restart) if it is full.
+    async fn claim_spare(&self, site: &SiteName, progress: &Progress) -> Result<String> {
+        let _growth = self.pool_growth.lock().await;
+        loop {
+            let grow_to = {
+                let mut st = self.state();
+                let used = st.used_slots();
+                let pool = st.pool;
+                let s = st.sites.entry(site.clone()).or_default();
+                if s.slots.len() < 3 {
+                    let free: Vec<String> = (0..pool)
+                        .map(apache::slot_name)
+                        .filter(|n| !used.contains(n))
+                        .take(3 - s.slots.len())
+                        .collect();
+                    if free.len() + s.slots.len() == 3 {
+                        s.slots.extend(free);
+                    }
+                }
+                if s.slots.len() == 3 {
+                    return s
+                        .spare_slot()
+                        .ok_or_else(|| anyhow!("site {site} has no spare slot"));
+                }
+                pool + self.cfg.apache.slots
+            };
+            progress.say(format!(
+                "-----> the slot pool is full: growing it to {grow_to} (restarts Apache gracefully)"
+            ));
+            self.apache.resize(grow_to).await?;
+            self.state().pool = grow_to;
+        }
+    }
+
+    /// Asks the new release, through Apache, for `/` and each `update_fetch`
+    /// path, and insists the answer comes from that release.
+    async fn check(
+        &self,
+        site: &SiteName,
+        id: ReleaseId,
+        slot: &str,
+        update_fetch: &[String],
+        progress: &Progress,
+    ) -> Result<()> {
+        let want = format!("{site} {id}");
+        let host = apache::check_host(slot);
+        let limit = self.apache.request_timeout().max(Duration::from_secs(30));
+        let deadline = Instant::now() + limit;
+        let mut paths = vec!["/".to_string()];
+        paths.extend(update_fetch.iter().cloned());
+        for (i, path) in paths.iter().enumerate() {
+            let is_root = i == 0;
+            loop {
+                let answer = self.apache.get(&host, path, limit).await;
+                match answer {
+                    Ok(r) if r.header("x-slot-state") == Some("failed") => {
+                        bail!("the app failed to load:\n{}", indent(&r.body));
+                    }
+                    Ok(r) if r.header("x-toppcloud-release") == Some(want.as_str()) => {
+                        if is_root && r.status >= 500 {
+                            bail!(
+                                "the app answered GET / with {}:\n{}",
+                                r.status,
+                                indent(&r.body)
+                            );
+                        }
+                        if !is_root && !(200..300).contains(&r.status) {
+                            bail!(
+                                "update_fetch {path} answered {} (expected 2xx):\n{}",
+                                r.status,
+                                indent(&r.body)
+                            );
+                        }
+                        progress.say(format!("-----> checked GET {path}: {}", r.status));
+                        break;
+                    }
+                    // An answer from another release or an error: the slot
+                    // is still coming up.
+                    Ok(_) | Err(_) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    Ok(r) => bail!(
+                        "release {id} did not answer within {limit:?} (last answer: {} from {})",
+                        r.status,
+                        r.header("x-toppcloud-release").unwrap_or("no release")
+                    ),
+                    Err(e) => {
+                        return Err(e.context(format!("release {id} did not answer")));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Routes `host` to the new release and `prev.host` to the one that was
+    /// live. Returns the slot that held the old previous release.
+    fn switch(&self, site: &SiteName, record: ReleaseRecord, slot: &str) -> Result<Option<String>> {
+        let mut st = self.state();
+        let s = st.sites.entry(site.clone()).or_default();
+        let before = s.clone();
+        let retire = s.prev.take().map(|p| p.slot);
+        s.prev = s.live.take();
+        s.live = Some(Placed {
+            release: record.id,
+            slot: slot.to_string(),
+        });
+        s.releases.push(record);
+        if let Err(e) = s.save(&self.layout.site_state(site)) {
+            *s = before;
+            return Err(e.context("cannot record the switch; nothing was switched"));
+        }
+        apache::routes::write(&self.layout.routes_map(), &st.routes())?;
+        Ok(retire)
+    }
+
+    /// Deletes releases beyond `keep_releases` that no host routes to.
+    fn prune(&self, site: &SiteName) {
+        let keep = self.cfg.build.keep_releases.max(1);
+        let mut st = self.state();
+        let Some(s) = st.sites.get_mut(site) else {
+            return;
+        };
+        let routed: HashSet<ReleaseId> = [&s.live, &s.prev]
+            .into_iter()
+            .flatten()
+            .map(|p| p.release)
+            .collect();
+        let mut ids: Vec<ReleaseId> = s.releases.iter().map(|r| r.id).collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        let doomed: Vec<ReleaseId> = ids
+            .into_iter()
+            .skip(keep)
+            .filter(|id| !routed.contains(id))
+            .collect();
+        if doomed.is_empty() {
+            return;
+        }
+        s.releases.retain(|r| !doomed.contains(&r.id));
+        if let Err(e) = s.save(&self.layout.site_state(site)) {
+            tracing::warn!(site = %site, "cannot record pruning: {e:#}");
+            return;
+        }
+        for id in doomed {
+            tracing::info!(site = %site, release = %id, "pruning release");
+            let _ = std::fs::remove_dir_all(self.layout.release_dir(site, id));
+        }
+    }
+
+    fn collect_venvs(&self) {
+        let mut referenced = HashSet::new();
+        let sites: Vec<SiteName> = self.state().sites.keys().cloned().collect();
+        for site in sites {
+            if let Ok(entries) = std::fs::read_dir(self.layout.releases_dir(&site)) {
+                for e in entries.flatten() {
+                    if let Some(k) = venv_key_of(&e.path()) {
+                        referenced.insert(k);
+                    }
+                }
+            }
+        }
+        self.builder.collect(&referenced);
+    }
+
+    fn log_deploy(&self, req: &DeployRequest, id: ReleaseId, outcome: &str, took: Duration) {
+        let line = serde_json::json!({
+            "time": release::now_rfc3339(),
+            "release": id.get(),
+            "origin": req.origin,
+            "outcome": outcome,
+            "seconds": took.as_secs_f64(),
+        });
+        let path = self.layout.deploy_log(&req.site);
+        let write = || -> std::io::Result<()> {
+            use std::io::Write;
+            if let Some(d) = path.parent() {
+                std::fs::create_dir_all(d)?;
+            }
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)?;
+            writeln!(f, "{line}")
+        };
+        if let Err(e) = write() {
+            tracing::warn!("cannot append to {}: {e}", path.display());
+        }
+    }
+}
+
+/// Removes release dirs a site's record does not know: leftovers of a
+/// deploy that was interrupted before its switch.
+fn remove_unrecorded_releases(layout: &Layout, site: &SiteName, st: &SiteState) {
+    let Ok(entries) = std::fs::read_dir(layout.releases_dir(site)) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let known = ReleaseId::parse(&name).is_ok_and(|id| st.record(id).is_some());
+        if !known {
+            tracing::info!(site = %site, "removing unfinished release {name}");
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+fn indent(text: &str) -> String {
+    let lines: Vec<&str> = text.trim_end().lines().collect();
+    let start = lines.len().saturating_sub(30);
+    lines[start..]
+        .iter()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+

@@ -1,0 +1,78 @@
+//! Every path under the node's data directory, in one place, so no other
+//! module joins a path from outside onto the data dir by hand.
+
+use std::path::{Path, PathBuf};
+
+use crate::names::{ReleaseId, SiteName};
+
+#[derive(Debug, Clone)]
+pub struct Layout {
+    root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(root: PathBuf) -> Layout {
+        Layout { root }
+    }
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+    pub fn lock_file(&self) -> PathBuf {
+        self.root.join("node.lock")
+    }
+    /// Written once the node is ready: its pid and bound addresses.
+    pub fn ready_file(&self) -> PathBuf {
+        self.root.join("node.ready")
+    }
+    pub fn control_socket(&self) -> PathBuf {
+        self.root.join("control.sock")
+    }
+    pub fn sites_dir(&self) -> PathBuf {
+        self.root.join("sites")
+    }
+    pub fn site_dir(&self, site: &SiteName) -> PathBuf {
+        self.sites_dir().join(site.as_str())
+    }
+    pub fn site_state(&self, site: &SiteName) -> PathBuf {
+        self.site_dir(site).join("site.toml")
+    }
+    pub fn deploy_log(&self, site: &SiteName) -> PathBuf {
+        self.site_dir(site).join("deploys.jsonl")
+    }
+    pub fn releases_dir(&self, site: &SiteName) -> PathBuf {
+        self.site_dir(site).join("releases")
+    }
+    pub fn release_dir(&self, site: &SiteName, id: ReleaseId) -> PathBuf {
+        self.releases_dir(site).join(id.to_string())
+    }
+    pub fn slots_dir(&self) -> PathBuf {
+        self.root.join("slots")
+    }
+    /// The symlink a pool slot's shim follows to find its release.
+    pub fn slot_pointer(&self, slot: &str) -> PathBuf {
+        self.slots_dir().join(slot).join("release")
+    }
+    pub fn venvs_dir(&self) -> PathBuf {
+        self.root.join("venvs")
+    }
+    /// The empty interpreter every slot starts as (mod_wsgi's python-home).
+    pub fn base_venv(&self) -> PathBuf {
+        self.root.join("base-venv")
+    }
+    pub fn uv_cache(&self) -> PathBuf {
+        self.root.join("cache").join("uv")
+    }
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.root.join("tmp")
+    }
+    pub fn apache_dir(&self) -> PathBuf {
+        self.root.join("apache")
+    }
+    /// Shim, error pages: files Apache reads, copied from the binary.
+    pub fn share_dir(&self) -> PathBuf {
+        self.apache_dir().join("share")
+    }
+    pub fn routes_map(&self) -> PathBuf {
+        self.apache_dir().join("routes.map")
+    }
+}

@@ -1,0 +1,135 @@
+//! `toppcloud node run`: the daemon that owns the node's state. It takes the
+//! data dir's lock, starts the engine (and with it Apache), then serves the
+//! HTTP API and the control socket until SIGINT or SIGTERM.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+
+use crate::config::NodeConfig;
+use crate::control;
+use crate::engine::Engine;
+use crate::http;
+use crate::layout::Layout;
+
+pub async fn run(cfg: NodeConfig) -> Result<()> {
+    // Everything the node writes must be readable by the serving user.
+    unsafe { libc::umask(0o022) };
+    let layout = Layout::new(cfg.data_dir.clone());
+    std::fs::create_dir_all(layout.root())
+        .with_context(|| format!("cannot create data dir {}", layout.root().display()))?;
+    std::fs::set_permissions(layout.root(), std::fs::Permissions::from_mode(0o755))
+        .with_context(|| format!("cannot chmod {}", layout.root().display()))?;
+    check_reachable(layout.root())?;
+    let lock = take_lock(&layout)?;
+    let _ = std::fs::remove_file(layout.ready_file());
+
+    let engine = Arc::new(Engine::open(cfg.clone())?);
+    let http_listener = tokio::net::TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} ([http] listen)", cfg.http.listen))?;
+    let http_addr = http_listener.local_addr()?;
+    let control_listener = control::bind(&layout.control_socket())?;
+
+    if let Err(e) = engine.start().await {
+        engine.stop().await;
+        return Err(e);
+    }
+    let apache = engine.apache().listen();
+
+    tokio::spawn(control::serve(control_listener, engine.clone()));
+    let http = tokio::spawn(async move {
+        if let Err(e) = axum::serve(http_listener, http::router()).await {
+            tracing::error!("http server: {e}");
+        }
+    });
+
+    let ready = serde_json::json!({
+        "pid": std::process::id(),
+        "http": http_addr.to_string(),
+        "apache": apache.to_string(),
+    });
+    crate::apache::routes::write_atomic(&layout.ready_file(), ready.to_string().as_bytes())?;
+    println!(
+        "toppcloud node ready: sites at http://<site>.{}:{}/, API at http://{http_addr}/, data in {}",
+        cfg.domain,
+        apache.port(),
+        layout.root().display()
+    );
+
+    shutdown_signal().await;
+    tracing::info!("stopping");
+    http.abort();
+    let _ = std::fs::remove_file(layout.ready_file());
+    let _ = std::fs::remove_file(layout.control_socket());
+    engine.stop().await;
+    drop(lock);
+    Ok(())
+}
+
+/// The data dir lock: held by the running node, released by the kernel
+/// when the process dies, however it dies.
+fn take_lock(layout: &Layout) -> Result<File> {
+    let path = layout.lock_file();
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let pid = std::fs::read_to_string(&path).unwrap_or_default();
+            bail!(
+                "another node is running on {} (pid {})",
+                layout.root().display(),
+                pid.trim()
+            );
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+    }
+    f.set_len(0)?;
+    write!(f, "{}", std::process::id())?;
+    Ok(f)
+}
+
+/// When Apache serves as www-data, every directory above the data dir
+/// must let others through, or every request fails with 403.
+fn check_reachable(dir: &Path) -> Result<()> {
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    for a in dir.ancestors() {
+        let Ok(meta) = std::fs::metadata(a) else {
+            continue;
+        };
+        if meta.permissions().mode() & 0o001 == 0 {
+            bail!(
+                "Apache serves apps as www-data, which cannot enter {}\nhint: chmod o+x {} or choose another --data-dir",
+                a.display(),
+                a.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

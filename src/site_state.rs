@@ -1,0 +1,171 @@
+//! What the node knows about one site, persisted in `sites/<site>/site.toml`:
+//! its three pool slots, which releases are live and previous, and the
+//! record of every release still on disk. Written atomically at each switch,
+//! before the route map, so a crash between the two is repaired at start.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::apache::routes::{Routes, write_atomic};
+use crate::names::{ReleaseId, SiteName};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Placed {
+    pub release: ReleaseId,
+    pub slot: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    pub id: ReleaseId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u32>,
+    pub created: String,
+    pub source: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct SiteState {
+    /// The id the next release gets; ids are never reused.
+    pub next_release: u32,
+    /// The site's pool slots: one live, one previous, one spare.
+    pub slots: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<Placed>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev: Option<Placed>,
+    #[serde(default)]
+    pub releases: Vec<ReleaseRecord>,
+}
+
+impl SiteState {
+    pub fn load(path: &Path) -> Result<SiteState> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        toml::from_str(&text).with_context(|| format!("{}: invalid site state", path.display()))
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = toml::to_string(self).context("cannot serialise site state")?;
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        write_atomic(path, text.as_bytes())
+    }
+
+    pub fn record(&self, id: ReleaseId) -> Option<&ReleaseRecord> {
+        self.releases.iter().find(|r| r.id == id)
+    }
+
+    pub fn version_of(&self, id: ReleaseId) -> Option<u32> {
+        self.record(id).and_then(|r| r.version)
+    }
+
+    /// A slot holding neither the live nor the previous release.
+    pub fn spare_slot(&self) -> Option<String> {
+        self.slots
+            .iter()
+            .find(|s| {
+                self.live.as_ref().map(|p| &p.slot) != Some(s)
+                    && self.prev.as_ref().map(|p| &p.slot) != Some(s)
+            })
+            .cloned()
+    }
+
+    /// The hosts this site answers and the slot behind each: `host` -> live,
+    /// `prev.host` -> previous, `N.host` -> the newest of those two whose
+    /// app.ini says version N.
+    pub fn routes(&self, site: &SiteName) -> Routes {
+        let mut r = Routes::new();
+        if let Some(live) = &self.live {
+            r.insert(site.as_str().to_string(), live.slot.clone());
+        }
+        if let Some(prev) = &self.prev {
+            r.insert(site.prev_host(), prev.slot.clone());
+        }
+        let mut by_version: BTreeMap<u32, &Placed> = BTreeMap::new();
+        for p in [&self.prev, &self.live].into_iter().flatten() {
+            if let Some(v) = self.version_of(p.release) {
+                let newer = by_version.get(&v).is_none_or(|q| q.release < p.release);
+                if newer {
+                    by_version.insert(v, p);
+                }
+            }
+        }
+        for (v, p) in by_version {
+            r.insert(site.version_host(v), p.slot.clone());
+        }
+        r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(id: u32, version: Option<u32>) -> ReleaseRecord {
+        ReleaseRecord {
+            id: ReleaseId::new(id),
+            version,
+            created: String::new(),
+            source: String::new(),
+        }
+    }
+
+    fn placed(id: u32, slot: &str) -> Option<Placed> {
+        Some(Placed {
+            release: ReleaseId::new(id),
+            slot: slot.into(),
+        })
+    }
+
+    #[test]
+    fn routes_name_host_prev_and_versions() {
+        let site = SiteName::parse("blog", "localhost").unwrap();
+        let st = SiteState {
+            next_release: 4,
+            slots: vec!["s000".into(), "s001".into(), "s002".into()],
+            live: placed(3, "s002"),
+            prev: placed(2, "s001"),
+            releases: vec![rec(1, Some(1)), rec(2, Some(1)), rec(3, Some(2))],
+        };
+        let r = st.routes(&site);
+        assert_eq!(r["blog.localhost"], "s002");
+        assert_eq!(r["prev.blog.localhost"], "s001");
+        assert_eq!(r["2.blog.localhost"], "s002");
+        assert_eq!(r["1.blog.localhost"], "s001");
+        assert_eq!(st.spare_slot().as_deref(), Some("s000"));
+    }
+
+    #[test]
+    fn same_version_routes_to_the_newest() {
+        let site = SiteName::parse("blog", "localhost").unwrap();
+        let st = SiteState {
+            next_release: 3,
+            slots: vec!["s000".into(), "s001".into(), "s002".into()],
+            live: placed(2, "s001"),
+            prev: placed(1, "s000"),
+            releases: vec![rec(1, Some(1)), rec(2, Some(1))],
+        };
+        assert_eq!(st.routes(&site)["1.blog.localhost"], "s001");
+    }
+
+    #[test]
+    fn state_round_trips_through_toml() {
+        let st = SiteState {
+            next_release: 2,
+            slots: vec!["s000".into()],
+            live: placed(1, "s000"),
+            prev: None,
+            releases: vec![rec(1, None)],
+        };
+        let text = toml::to_string(&st).unwrap();
+        let back: SiteState = toml::from_str(&text).unwrap();
+        assert_eq!(back.live, st.live);
+        assert_eq!(back.releases.len(), 1);
+    }
+}
