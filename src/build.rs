@@ -162,7 +162,10 @@ impl Builder {
         }
         let _ = std::fs::remove_dir_all(&base);
         let mut c = self.uv();
-        c.arg("venv").arg("--python").arg(&self.cfg.python).arg(&base);
+        c.arg("venv")
+            .arg("--python")
+            .arg(&self.cfg.python)
+            .arg(&base);
         run_captured(c, "uv venv").await.map_err(|e| {
             anyhow::anyhow!("{e}\nhint: install uv (provisioning/install-deps does)")
         })?;

@@ -141,7 +141,11 @@ impl NodeConfig {
     /// Resolves the flags every `node` subcommand shares. Precedence:
     /// `--data-dir` over the file's `data_dir`; a file named by `--config`,
     /// else `<data-dir>/node.toml` when it exists, else built-in defaults.
-    pub fn resolve(config: Option<&Path>, data_dir: Option<&Path>, dev: bool) -> Result<NodeConfig> {
+    pub fn resolve(
+        config: Option<&Path>,
+        data_dir: Option<&Path>,
+        dev: bool,
+    ) -> Result<NodeConfig> {
         let mut cfg = match config {
             Some(path) => NodeConfig::from_file(path)?,
             None => {

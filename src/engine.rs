@@ -54,7 +54,10 @@ impl Deployed {
             .version
             .map(|v| format!(", version {v}"))
             .unwrap_or_default();
-        format!("{} is live at {} (release {}{version})", self.site, self.url, self.release)
+        format!(
+            "{} is live at {} (release {}{version})",
+            self.site, self.url, self.release
+        )
     }
 }
 
@@ -77,7 +80,10 @@ struct NodeState {
 
 impl NodeState {
     fn used_slots(&self) -> HashSet<String> {
-        self.sites.values().flat_map(|s| s.slots.iter().cloned()).collect()
+        self.sites
+            .values()
+            .flat_map(|s| s.slots.iter().cloned())
+            .collect()
     }
 
     fn routes(&self) -> apache::routes::Routes {
@@ -175,7 +181,8 @@ impl Engine {
             }
         }
         let dir = self.layout.apache_dir();
-        std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
         apache::routes::write(&self.layout.routes_map(), &routes)?;
         self.apache.start(pool).await?;
         self.collect_venvs();
@@ -232,10 +239,10 @@ impl Engine {
             Err(e) => format!("failed: {e:#}"),
         };
         if result.is_err() {
-            if let Some(slot) = &attempt.slot {
-                if let Err(e) = self.apache.retire(slot).await {
-                    tracing::warn!(site = %req.site, "retiring slot {slot}: {e:#}");
-                }
+            if let Some(slot) = &attempt.slot
+                && let Err(e) = self.apache.retire(slot).await
+            {
+                tracing::warn!(site = %req.site, "retiring slot {slot}: {e:#}");
             }
             let _ = std::fs::remove_dir_all(&attempt.release_dir);
         }
@@ -314,14 +321,18 @@ impl Engine {
         // Load into the spare slot, warm, before any public host points at it.
         let slot = self.claim_spare(site, progress).await?;
         self.apache
-            .wait_empty(&slot, self.apache.request_timeout() + Duration::from_secs(10))
+            .wait_empty(
+                &slot,
+                self.apache.request_timeout() + Duration::from_secs(10),
+            )
             .await?;
         attempt.slot = Some(slot.clone());
         self.apache.set_pointer(&slot, &dir)?;
         progress.say("-----> starting the release");
 
         // Check
-        self.check(site, id, &slot, &ini.update_fetch, progress).await?;
+        self.check(site, id, &slot, &ini.update_fetch, progress)
+            .await?;
 
         // Switch (state first, then the map: start() rebuilds the map from
         // the state, so a crash in between heals).
@@ -337,10 +348,10 @@ impl Engine {
         progress.say(format!("-----> switched {site} to release {id}"));
 
         // Retire what used to be previous; it becomes the next spare.
-        if let Some(old) = retire {
-            if let Err(e) = self.apache.retire(&old).await {
-                tracing::warn!(site = %site, "retiring slot {old}: {e:#}");
-            }
+        if let Some(old) = retire
+            && let Err(e) = self.apache.retire(&old).await
+        {
+            tracing::warn!(site = %site, "retiring slot {old}: {e:#}");
         }
         self.prune(site);
         drop(lease);
@@ -578,4 +589,3 @@ fn indent(text: &str) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
-

@@ -26,7 +26,11 @@ use crate::config::NodeConfig;
 use crate::layout::Layout;
 
 #[derive(Parser)]
-#[command(name = "toppcloud", version, about = "git push a Python WSGI app to your own server")]
+#[command(
+    name = "toppcloud",
+    version,
+    about = "git push a Python WSGI app to your own server"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -65,7 +69,9 @@ enum NodeCommand {
     #[command(after_help = "Example:\n  toppcloud node run --dev")]
     Run(NodeFlags),
     /// Deploy an app directory to a site on the running node.
-    #[command(after_help = "Example:\n  toppcloud node deploy blog ./blog   # live at http://blog.localhost:8080/")]
+    #[command(
+        after_help = "Example:\n  toppcloud node deploy blog ./blog   # live at http://blog.localhost:8080/"
+    )]
     Deploy {
         /// The site: a host name, or a bare name that gets the node's domain.
         site: String,

@@ -52,7 +52,8 @@ pub fn stage(src: &Path, dest: &Path) -> Result<StageReport> {
 }
 
 fn copy_dir(root: &Path, src: &Path, dest: &Path, report: &mut StageReport) -> Result<()> {
-    let entries = std::fs::read_dir(src).with_context(|| format!("cannot read {}", src.display()))?;
+    let entries =
+        std::fs::read_dir(src).with_context(|| format!("cannot read {}", src.display()))?;
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot read {}", src.display()))?;
         let name = entry.file_name();
@@ -83,7 +84,11 @@ fn copy_dir(root: &Path, src: &Path, dest: &Path, report: &mut StageReport) -> R
             report.files += 1;
         } else if ft.is_symlink() {
             let target = std::fs::read_link(&from)?;
-            let rel = from.strip_prefix(root).unwrap_or(&from).display().to_string();
+            let rel = from
+                .strip_prefix(root)
+                .unwrap_or(&from)
+                .display()
+                .to_string();
             if link_stays_inside(root, &from, &target) {
                 std::os::unix::fs::symlink(&target, &to)
                     .with_context(|| format!("cannot create {}", to.display()))?;
@@ -203,10 +208,26 @@ mod tests {
     #[test]
     fn symlinks_must_stay_inside() {
         let root = Path::new("/r");
-        assert!(link_stays_inside(root, Path::new("/r/static/a"), Path::new("../b")));
-        assert!(!link_stays_inside(root, Path::new("/r/a"), Path::new("../etc/passwd")));
-        assert!(!link_stays_inside(root, Path::new("/r/a"), Path::new("/etc/passwd")));
-        assert!(!link_stays_inside(root, Path::new("/r/s/a"), Path::new("../../x")));
+        assert!(link_stays_inside(
+            root,
+            Path::new("/r/static/a"),
+            Path::new("../b")
+        ));
+        assert!(!link_stays_inside(
+            root,
+            Path::new("/r/a"),
+            Path::new("../etc/passwd")
+        ));
+        assert!(!link_stays_inside(
+            root,
+            Path::new("/r/a"),
+            Path::new("/etc/passwd")
+        ));
+        assert!(!link_stays_inside(
+            root,
+            Path::new("/r/s/a"),
+            Path::new("../../x")
+        ));
     }
 
     #[test]

@@ -43,8 +43,8 @@ pub struct SiteState {
 
 impl SiteState {
     pub fn load(path: &Path) -> Result<SiteState> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         toml::from_str(&text).with_context(|| format!("{}: invalid site state", path.display()))
     }
 

@@ -167,7 +167,10 @@ impl Apache {
             .replace("{{DATA_RE}}", &regex_escape(&data))
             .replace("{{DATA}}", &data)
             .replace("{{SHARE}}", &share)
-            .replace("{{ROUTES}}", &self.layout.routes_map().display().to_string())
+            .replace(
+                "{{ROUTES}}",
+                &self.layout.routes_map().display().to_string(),
+            )
             .replace("{{VHOST}}", &vhost)
     }
 
@@ -179,7 +182,10 @@ impl Apache {
             ""
         };
         HTTPD_CONF
-            .replace("{{SERVER_ROOT}}", &self.layout.apache_dir().display().to_string())
+            .replace(
+                "{{SERVER_ROOT}}",
+                &self.layout.apache_dir().display().to_string(),
+            )
             .replace("{{LISTEN}}", &self.listen().to_string())
             .replace("{{USER_GROUP}}", user)
             .replace("{{MODULES}}", &self.cfg.modules_dir.display().to_string())
@@ -267,7 +273,11 @@ impl Apache {
             routes::write_atomic(&self.sites_conf(), self.render_sites(pool).as_bytes())?;
             routes::write_atomic(&self.private_conf(), self.render_httpd().as_bytes())?;
             self.config_test().await?;
-            let verb = if running.is_some() { "graceful" } else { "start" };
+            let verb = if running.is_some() {
+                "graceful"
+            } else {
+                "start"
+            };
             let (cmd, prog) = self.ctl(&["-k", verb]);
             match run_captured(cmd, &prog).await {
                 Ok(_) => {}
@@ -293,7 +303,9 @@ impl Apache {
         let deadline = Instant::now() + limit;
         loop {
             if self.parent_pid().is_some()
-                && tokio::net::TcpStream::connect(self.probe_addr()).await.is_ok()
+                && tokio::net::TcpStream::connect(self.probe_addr())
+                    .await
+                    .is_ok()
             {
                 return Ok(());
             }
@@ -334,7 +346,11 @@ impl Apache {
             }
             return Err(e.context(format!("restored the previous {}", file.display())));
         }
-        let verb = if self.parent_pid().is_some() { "graceful" } else { "start" };
+        let verb = if self.parent_pid().is_some() {
+            "graceful"
+        } else {
+            "start"
+        };
         let (cmd, prog) = self.ctl(&[verb]);
         run_captured(cmd, &prog)
             .await
@@ -373,7 +389,11 @@ impl Apache {
     /// Asks a slot's shim what it holds, without making it load anything.
     pub async fn slot_state(&self, slot: &str) -> Result<SlotState> {
         let r = self
-            .get(&check_host(slot), "/.toppcloud/slot", Duration::from_secs(10))
+            .get(
+                &check_host(slot),
+                "/.toppcloud/slot",
+                Duration::from_secs(10),
+            )
             .await?;
         let pid = r
             .header("x-slot-pid")

@@ -98,8 +98,9 @@ mod tests {
 
     #[test]
     fn parses_status_headers_and_body() {
-        let r = parse(b"HTTP/1.1 503 Service Unavailable\r\nX-Slot-State: empty\r\n\r\nempty slot\n")
-            .unwrap();
+        let r =
+            parse(b"HTTP/1.1 503 Service Unavailable\r\nX-Slot-State: empty\r\n\r\nempty slot\n")
+                .unwrap();
         assert_eq!(r.status, 503);
         assert_eq!(r.header("x-slot-state"), Some("empty"));
         assert_eq!(r.body, "empty slot\n");

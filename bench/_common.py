@@ -1,0 +1,454 @@
+"""Shared helpers for the toppcloud benchmark scripts (stdlib only).
+
+- find_binary(): the toppcloud binary ($TOPPCLOUD, else target/release/
+  toppcloud under the repo root, built with `cargo build --release` if missing).
+- Node: a private node in a fresh temp dir (loopback ports picked by the
+  kernel), started and stopped as a context manager; the temp dir and the
+  node (with its Apache) are cleaned up even when the benchmark fails.
+- write_app(): a trivial WSGI app or a Flask app whose body is a given text.
+- get(), wait_body(): plain HTTP/1.1 requests to the node's Apache on
+  127.0.0.1 with a Host header.
+- percentile(), median(), ms(): the statistics the scripts print.
+"""
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import http.client
+import urllib.request
+
+BENCH_DIR = os.path.dirname(os.path.abspath(__file__))
+REPO_ROOT = os.path.dirname(BENCH_DIR)
+LOOPBACK = "127.0.0.1"
+
+
+class BenchError(Exception):
+    """A failure that ends the benchmark: printed as one line, exit 2."""
+
+
+def log(msg):
+    print(msg, flush=True)
+
+
+def find_binary():
+    """$TOPPCLOUD, else <repo>/target/release/toppcloud (built if missing)."""
+    env = os.environ.get("TOPPCLOUD")
+    if env:
+        if not os.access(env, os.X_OK):
+            raise BenchError(f"$TOPPCLOUD={env} is not an executable file")
+        return os.path.abspath(env)
+    path = os.path.join(REPO_ROOT, "target", "release", "toppcloud")
+    if not os.access(path, os.X_OK):
+        log(f"building {path} (cargo build --release) ...")
+        try:
+            subprocess.run(["cargo", "build", "--release"], cwd=REPO_ROOT,
+                           check=True, timeout=1800)
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired,
+                FileNotFoundError) as e:
+            raise BenchError(f"cannot build toppcloud: {e}")
+        if not os.access(path, os.X_OK):
+            raise BenchError(f"cargo build --release did not produce {path}")
+    return path
+
+
+# --- cleanup on signals -------------------------------------------------------
+
+class Interrupted(BaseException):
+    pass
+
+
+def _on_signal(signum, _frame):
+    raise Interrupted(f"signal {signum}")
+
+
+def install_signal_handlers():
+    """SIGTERM/SIGHUP unwind the stack like Ctrl-C, so `finally` cleans up."""
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, _on_signal)
+
+
+def _child_dies_with_parent():
+    # Runs in the child before exec: if the benchmark dies hard (SIGKILL),
+    # the node gets SIGTERM and stops its Apache itself.
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:
+        pass
+
+
+def main_wrapper(main):
+    """Runs main() with signal handling; maps errors to exit codes."""
+    install_signal_handlers()
+    try:
+        code = main()
+    except BenchError as e:
+        log(f"error: {e}")
+        code = 2
+    except (KeyboardInterrupt, Interrupted) as e:
+        log(f"interrupted ({e or 'Ctrl-C'}); cleaned up")
+        code = 130
+    sys.exit(code or 0)
+
+
+# --- statistics ---------------------------------------------------------------
+
+def percentile(values, p):
+    """Nearest-rank percentile (p in 0..100): always an observed value."""
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = max(0, min(len(s) - 1, -(-len(s) * p // 100) - 1))
+    return s[int(k)]
+
+
+def median(values):
+    return statistics.median(values) if values else float("nan")
+
+
+def ms(seconds):
+    return f"{seconds * 1000:.1f}"
+
+
+# --- apps -----------------------------------------------------------------------
+
+APP_INI = "[production]\napp_name = {name}\nversion = 1\nrunner = main.py\n"
+
+TRIVIAL_MAIN = '''\
+BODY = {body!r}
+
+
+def application(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"),
+                              ("Content-Length", str(len(BODY)))])
+    return [BODY]
+'''
+
+FLASK_MAIN = '''\
+from flask import Flask
+
+application = Flask(__name__)
+BODY = {body!r}
+
+
+@application.route("/")
+def index():
+    return BODY, 200, {{"Content-Type": "text/plain"}}
+'''
+
+
+def write_app(app_dir, body, flask=False, name="bench"):
+    """Writes app.ini and main.py (and requirements.txt for Flask).
+
+    `body` is a str; the app answers GET / with exactly it. Only main.py
+    changes between calls with the same `flask`, so the requirements (and
+    the venv the node caches by their hash) stay the same.
+    """
+    os.makedirs(app_dir, exist_ok=True)
+    with open(os.path.join(app_dir, "app.ini"), "w") as f:
+        f.write(APP_INI.format(name=name))
+    tmpl = FLASK_MAIN if flask else TRIVIAL_MAIN
+    data = body.encode() if not flask else body
+    tmp = os.path.join(app_dir, ".main.py.tmp")
+    with open(tmp, "w") as f:
+        f.write(tmpl.format(body=data))
+    os.replace(tmp, os.path.join(app_dir, "main.py"))
+    req = os.path.join(app_dir, "requirements.txt")
+    if flask:
+        with open(req, "w") as f:
+            f.write("flask\n")
+    elif os.path.exists(req):
+        os.remove(req)
+
+
+# --- HTTP -----------------------------------------------------------------------
+
+def get(port, host, path="/", timeout=5.0):
+    """One request on a fresh connection: (status, body bytes)."""
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Host": host})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def wait_body(port, host, body, deadline_s=10.0, interval=0.005):
+    """Polls until `host` answers 200 with exactly `body` (bytes).
+
+    Returns the perf_counter() time it first did, or None at the deadline.
+    """
+    end = time.perf_counter() + deadline_s
+    while True:
+        try:
+            status, got = get(port, host, timeout=2.0)
+            if status == 200 and got == body:
+                return time.perf_counter()
+        except (OSError, http.client.HTTPException):
+            pass
+        if time.perf_counter() >= end:
+            return None
+        time.sleep(interval)
+
+
+# --- the node -------------------------------------------------------------------
+
+def _proc_alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def _cmdline(pid):
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+class Node:
+    """A private toppcloud node in a fresh temp dir.
+
+    with Node(binary) as node:
+        node.deploy("bench", app_dir)
+        node.apache_port, node.http_port, node.pid, node.data_dir, node.tmp
+    """
+
+    def __init__(self, binary, ready_timeout=60.0, stop_timeout=60.0,
+                 keep_tmp=False):
+        self.binary = binary
+        self.ready_timeout = ready_timeout
+        self.stop_timeout = stop_timeout
+        self.keep_tmp = keep_tmp
+        self.proc = None
+        self.tmp = None
+        self.warnings = []
+
+    # context manager
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def start(self):
+        self.tmp = tempfile.mkdtemp(prefix="toppcloud-bench-", dir="/tmp")
+        # Apache serves as www-data: every dir above the data must be 0755.
+        os.chmod(self.tmp, 0o755)
+        self.data_dir = os.path.join(self.tmp, "data")
+        self.apps_dir = os.path.join(self.tmp, "apps")
+        uv_cache = os.path.join(self.tmp, "uv-cache")
+        for d in (self.data_dir, self.apps_dir, uv_cache):
+            os.makedirs(d, mode=0o755)
+            os.chmod(d, 0o755)
+        self.config = os.path.join(self.tmp, "node.toml")
+        with open(self.config, "w") as f:
+            f.write(
+                f'data_dir = "{self.data_dir}"\n'
+                'domain = "localhost"\n'
+                '[http]\nlisten = "127.0.0.1:0"\n'
+                '[apache]\nlisten = "127.0.0.1:0"\n'
+                f'[build]\nkeep_releases = 5\nuv_cache_dir = "{uv_cache}"\n'
+            )
+        self.log_path = os.path.join(self.tmp, "node.log")
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [self.binary, "node", "run", "--config", self.config],
+            stdin=subprocess.DEVNULL, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_child_dies_with_parent)
+        ready = os.path.join(self.data_dir, "node.ready")
+        deadline = time.monotonic() + self.ready_timeout
+        info = None
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(
+                    f"node exited with {self.proc.returncode} before ready:\n"
+                    + self.log_tail())
+            try:
+                with open(ready) as f:
+                    info = json.load(f)
+                break
+            except (OSError, ValueError):
+                time.sleep(0.05)
+        if info is None:
+            raise BenchError(f"node not ready within {self.ready_timeout:.0f} s:\n"
+                             + self.log_tail())
+        self.ready_at = time.monotonic()
+        self.pid = int(info["pid"])
+        self.http_addr = info["http"]
+        self.apache_addr = info["apache"]
+        for addr in (self.http_addr, self.apache_addr):
+            if not addr.startswith(LOOPBACK + ":"):
+                raise BenchError(f"node listens on {addr}, not loopback; refusing")
+        self.http_port = int(self.http_addr.rsplit(":", 1)[1])
+        self.apache_port = int(self.apache_addr.rsplit(":", 1)[1])
+        url = f"http://{self.http_addr}/healthz"
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if time.monotonic() >= deadline:
+                raise BenchError(f"GET {url} is not 200 within "
+                                 f"{self.ready_timeout:.0f} s")
+            time.sleep(0.05)
+
+    def log_tail(self, n=20):
+        try:
+            with open(self.log_path, "rb") as f:
+                lines = f.read().decode(errors="replace").splitlines()
+            return "\n".join(lines[-n:])
+        except OSError:
+            return "(no node log)"
+
+    def apache_pid(self):
+        """The private Apache's parent pid from its pid file, or None."""
+        path = os.path.join(self.data_dir, "apache", "run", "httpd.pid")
+        try:
+            with open(path) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def app_dir(self, name):
+        return os.path.join(self.apps_dir, name)
+
+    def deploy(self, site, app_dir, timeout=300.0):
+        """Runs `toppcloud node deploy`; returns a DeployResult.
+
+        Output lines (stdout and stderr) are read as they arrive and kept
+        with the perf_counter() time each was read, so a caller can see
+        where a deploy spends its time.
+        """
+        cmd = [self.binary, "node", "deploy", site, app_dir,
+               "--data-dir", self.data_dir]
+        t0 = time.perf_counter()
+        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        timer = threading.Timer(timeout, p.kill)
+        timer.start()
+        lines = []
+        try:
+            for raw in p.stdout:
+                lines.append((time.perf_counter(),
+                              raw.decode(errors="replace").rstrip("\n")))
+            rc = p.wait()
+            t1 = time.perf_counter()
+        finally:
+            timed_out = not timer.is_alive()
+            timer.cancel()
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            p.stdout.close()
+        if timed_out and rc != 0:
+            rc = None
+            lines.append((t1, f"(killed: no exit within {timeout:.0f} s)"))
+        return DeployResult(t0, t1, rc, lines)
+
+    def stop(self):
+        """SIGTERM the node and wait (bounded); make sure Apache is gone."""
+        if self.proc is None:
+            return
+        apache = self.apache_pid()
+        apache_cmd = _cmdline(apache) if apache else ""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                self.warnings.append(
+                    f"node did not exit within {self.stop_timeout:.0f} s of "
+                    "SIGTERM; killed it")
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        elif self.proc.returncode not in (0, None):
+            self.warnings.append(f"node had exited with {self.proc.returncode}")
+        # The node stops its Apache; if it did not, clean up (and say so).
+        if apache and self.data_dir in apache_cmd:
+            end = time.monotonic() + 10
+            while _proc_alive(apache) and self.data_dir in _cmdline(apache):
+                if time.monotonic() >= end:
+                    self.warnings.append(
+                        f"Apache (pid {apache}) still ran after the node "
+                        "stopped; sent it SIGTERM")
+                    try:
+                        os.kill(apache, signal.SIGTERM)
+                    except OSError:
+                        pass
+                    break
+                time.sleep(0.1)
+        self.proc = None
+
+    def close(self):
+        try:
+            self.stop()
+        finally:
+            if getattr(self, "_log", None):
+                self._log.close()
+            if self.tmp and not self.keep_tmp:
+                shutil.rmtree(self.tmp, ignore_errors=True)
+            elif self.tmp:
+                log(f"kept {self.tmp}")
+            for w in self.warnings:
+                log(f"warning: {w}")
+            self.warnings = []
+
+
+class DeployResult:
+    def __init__(self, t0, t1, returncode, lines):
+        self.t0, self.t1 = t0, t1
+        self.returncode = returncode
+        self.lines = lines  # [(perf_counter time, line)]
+
+    @property
+    def ok(self):
+        return self.returncode == 0
+
+    @property
+    def seconds(self):
+        return self.t1 - self.t0
+
+    @property
+    def last_line(self):
+        return self.lines[-1][1] if self.lines else ""
+
+    def at(self, marker):
+        """Seconds from invocation to the first output line containing
+        `marker`, or None."""
+        for t, line in self.lines:
+            if marker in line:
+                return t - self.t0
+        return None
+
+    def describe_failure(self):
+        tail = "\n    ".join(line for _, line in self.lines[-6:])
+        return (f"deploy exited {self.returncode} after {self.seconds:.2f} s:"
+                f"\n    {tail}")
+
+
+def add_common_args(parser):
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the temp dir (node log, data) for inspection")

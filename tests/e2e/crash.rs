@@ -1,0 +1,68 @@
+//! A node killed with SIGKILL mid-deploy: on restart the live release is
+//! still served, the half-made release is gone, and nothing stays locked.
+
+use std::time::Duration;
+
+use crate::support::{App, Node, wait_for};
+
+#[test]
+fn kill_9_during_a_deploy_leaves_the_live_release() {
+    let mut node = Node::start();
+    let app = App::plain("blog", 1, "stable\n");
+    node.deploy("blog", &app).success();
+
+    // A release that takes long to start: the node is killed while it waits.
+    app.file(
+        "main.py",
+        "import time\ntime.sleep(60)\n\
+         def application(environ, start_response):\n    \
+         start_response('200 OK', [])\n    return [b'never\\n']\n",
+    );
+    std::thread::scope(|s| {
+        let deploy = s.spawn(|| node.deploy("blog", &app));
+        wait_for(
+            "the release to be starting",
+            Duration::from_secs(60),
+            || (node.log().matches("starting the release").count() == 2).then_some(()),
+        );
+        assert!(node.data.join("sites/blog.localhost/releases/2").exists());
+        unsafe { libc::kill(node.pid() as i32, libc::SIGKILL) };
+        let r = deploy.join().expect("deploy thread");
+        assert_ne!(
+            r.code,
+            Some(0),
+            "the interrupted deploy must not report success"
+        );
+    });
+    node.kill9();
+    // Apache outlived the node and still serves the live release.
+    assert_eq!(node.body("blog.localhost"), "stable\n");
+
+    node.spawn();
+    assert_eq!(node.body("blog.localhost"), "stable\n");
+    assert_eq!(
+        node.releases("blog.localhost"),
+        vec!["1"],
+        "the half-made release is cleaned up"
+    );
+    app.set_plain("blog", 1, "after the crash\n");
+    node.deploy("blog", &app).success().stdout_has("(release 2");
+    assert_eq!(node.body("blog.localhost"), "after the crash\n");
+    assert_eq!(node.body("prev.blog.localhost"), "stable\n");
+}
+
+#[test]
+fn a_second_node_on_the_same_data_dir_is_refused() {
+    let node = Node::start();
+    let out = crate::support::run_with_timeout(
+        {
+            let mut c = std::process::Command::new(crate::support::BIN);
+            c.args(["node", "run", "--config"]).arg(&node.config);
+            c
+        },
+        Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another node is running on"), "{err}");
+}

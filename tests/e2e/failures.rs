@@ -1,0 +1,149 @@
+//! Deploys that fail: the reason is shown, the new release is gone, and
+//! every host serves exactly what it served before.
+
+use crate::support::{App, Node};
+
+/// Deploys two good releases, so host, prev.host and 1.host all answer.
+fn node_with_two_releases() -> (Node, App) {
+    let node = Node::start();
+    let app = App::plain("blog", 1, "good 1\n");
+    node.deploy("blog", &app).success();
+    app.set_plain("blog", 1, "good 2\n");
+    node.deploy("blog", &app).success();
+    (node, app)
+}
+
+fn assert_untouched(node: &Node) {
+    assert_eq!(node.body("blog.localhost"), "good 2\n");
+    assert_eq!(node.body("prev.blog.localhost"), "good 1\n");
+    assert_eq!(node.body("1.blog.localhost"), "good 2\n");
+    assert_eq!(
+        node.releases("blog.localhost"),
+        vec!["1", "2"],
+        "the failed release is removed"
+    );
+}
+
+#[test]
+fn broken_requirements_keep_the_live_release() {
+    let (node, app) = node_with_two_releases();
+    app.file(
+        "requirements.txt",
+        "toppcloud-no-such-package-anywhere==9.9\n",
+    );
+    node.deploy("blog", &app)
+        .failure()
+        .stderr_has("installing requirements.txt failed")
+        .stderr_has("toppcloud-no-such-package-anywhere");
+    assert_untouched(&node);
+}
+
+#[test]
+fn app_that_raises_on_import_keeps_the_live_release() {
+    let (node, app) = node_with_two_releases();
+    app.file("main.py", "raise RuntimeError('boom at import')\n");
+    node.deploy("blog", &app)
+        .failure()
+        .stderr_has("the app failed to load")
+        .stderr_has("RuntimeError: boom at import");
+    assert_untouched(&node);
+    // The slot it was tried in is clean: the next good deploy goes live.
+    app.set_plain("blog", 1, "good 3\n");
+    node.deploy("blog", &app).success();
+    assert_eq!(node.body("blog.localhost"), "good 3\n");
+}
+
+#[test]
+fn app_answering_500_keeps_the_live_release() {
+    let (node, app) = node_with_two_releases();
+    app.file(
+        "main.py",
+        "def application(environ, start_response):\n    \
+         start_response('500 Internal Server Error', [('Content-Type', 'text/plain')])\n    \
+         return [b'database unreachable\\n']\n",
+    );
+    node.deploy("blog", &app)
+        .failure()
+        .stderr_has("the app answered GET / with 500")
+        .stderr_has("database unreachable");
+    assert_untouched(&node);
+}
+
+#[test]
+fn app_ini_errors_name_the_line() {
+    let (node, app) = node_with_two_releases();
+    app.file(
+        "app.ini",
+        "[production]\napp_name = blog\n\nversion = one\n",
+    );
+    node.deploy("blog", &app)
+        .failure()
+        .stderr_has("app.ini:4: version must be a whole number");
+    app.file(
+        "app.ini",
+        "[production]\napp_name = blog\nthis is not ini\n",
+    );
+    node.deploy("blog", &app)
+        .failure()
+        .stderr_has("app.ini:3: ");
+    app.file(
+        "app.ini",
+        "[production]\napp_name = blog\nrunner = missing.py\n",
+    );
+    node.deploy("blog", &app)
+        .failure()
+        .stderr_has("app.ini:3: runner: no file \"missing.py\" in the app");
+    app.remove("app.ini");
+    node.deploy("blog", &app)
+        .failure()
+        .stderr_has("app.ini: not found");
+    assert_untouched(&node);
+}
+
+#[test]
+fn services_are_refused_by_name() {
+    let (node, app) = node_with_two_releases();
+    app.file(
+        "app.ini",
+        "[production]\napp_name = blog\nversion = 1\nservice.postgis =\n",
+    );
+    node.deploy("blog", &app)
+        .failure()
+        .stderr_has("app.ini:4: service.postgis is not available");
+    assert_untouched(&node);
+}
+
+#[test]
+fn bad_site_names_are_refused() {
+    let node = Node::start();
+    let app = App::plain("blog", 1, "x\n");
+    for (site, why) in [
+        ("prev.blog.localhost", "prev"),
+        ("1.blog.localhost", "number"),
+        ("../etc", "invalid site name"),
+        ("a/b", "invalid site name"),
+    ] {
+        node.deploy(site, &app).failure().stderr_has(why);
+    }
+    assert!(!node.data.join("sites").join("..").join("etc").exists());
+}
+
+#[test]
+fn deploy_without_a_node_says_so() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let app = App::plain("blog", 1, "x\n");
+    let out = crate::support::run_with_timeout(
+        {
+            let mut c = std::process::Command::new(crate::support::BIN);
+            c.args(["node", "deploy", "blog"])
+                .arg(&app.path)
+                .arg("--data-dir")
+                .arg(dir.path());
+            c
+        },
+        std::time::Duration::from_secs(30),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no node is running here"), "{err}");
+}

@@ -1,0 +1,12 @@
+//! End-to-end tests: the real `toppcloud` binary runs a node with a real
+//! private Apache + mod_wsgi on loopback; deploys go through the real
+//! `toppcloud node deploy`, and every answer is checked with the real curl,
+//! the way a user would look at their site.
+
+mod support;
+
+mod crash;
+mod deploy;
+mod failures;
+mod runners;
+mod system;

@@ -1,0 +1,141 @@
+//! Each kind of app.ini runner, and static files served before the app.
+
+use crate::support::{App, Node};
+
+#[test]
+fn flask_app_from_requirements_txt() {
+    let node = Node::start();
+    let app = App::new();
+    app.file("app.ini", "[production]\napp_name = flasky\nversion = 1\n")
+        .file("requirements.txt", "flask\n")
+        .file(
+            "main.py",
+            "from flask import Flask\napplication = Flask(__name__)\n\n\
+             @application.route('/')\ndef index():\n    return 'flask v1\\n'\n\n\
+             @application.route('/hello/<name>')\ndef hello(name):\n    return 'hello %s\\n' % name\n",
+        );
+    node.deploy("flasky", &app)
+        .success()
+        .stdout_has("installing requirements.txt");
+    assert_eq!(node.body("flasky.localhost"), "flask v1\n");
+    assert_eq!(
+        node.get("flasky.localhost", "/hello/ann"),
+        (200, "hello ann\n".into())
+    );
+
+    // Same requirements: nothing is installed again.
+    app.file(
+        "main.py",
+        "from flask import Flask\napplication = Flask(__name__)\n\n\
+         @application.route('/')\ndef index():\n    return 'flask v2\\n'\n",
+    );
+    node.deploy("flasky", &app)
+        .success()
+        .stdout_has("requirements.txt unchanged: reusing environment");
+    assert_eq!(node.body("flasky.localhost"), "flask v2\n");
+    assert_eq!(node.body("prev.flasky.localhost"), "flask v1\n");
+}
+
+#[test]
+fn paste_deploy_config_ini_app() {
+    let node = Node::start();
+    let app = App::new();
+    app.file(
+        "app.ini",
+        "[production]\napp_name = pasted\nversion = 3\nrunner = config.ini#main\n",
+    )
+    .file("requirements.txt", "PasteDeploy\n")
+    .file(
+        "config.ini",
+        "[app:main]\nuse = call:pasteapp:make_app\ngreeting = hello from paste\n",
+    )
+    .file(
+        "pasteapp.py",
+        "def make_app(global_conf, greeting):\n    \
+         def app(environ, start_response):\n        \
+         start_response('200 OK', [('Content-Type', 'text/plain')])\n        \
+         return [(greeting + '\\n').encode()]\n    return app\n",
+    );
+    node.deploy("pasted", &app).success();
+    assert_eq!(node.body("pasted.localhost"), "hello from paste\n");
+    assert_eq!(node.body("3.pasted.localhost"), "hello from paste\n");
+}
+
+#[test]
+fn static_only_app() {
+    let node = Node::start();
+    let app = App::new();
+    app.file(
+        "app.ini",
+        "[production]\napp_name = brochure\nrunner = static\n",
+    )
+    .file("static/index.html", "<h1>brochure</h1>\n")
+    .file("static/css/site.css", "body { color: red }\n");
+    node.deploy("brochure", &app).success();
+    assert_eq!(node.body("brochure.localhost"), "<h1>brochure</h1>\n");
+    assert_eq!(
+        node.get("brochure.localhost", "/css/site.css"),
+        (200, "body { color: red }\n".into())
+    );
+    assert_eq!(node.get("brochure.localhost", "/missing").0, 404);
+}
+
+#[test]
+fn static_files_win_over_the_app() {
+    let node = Node::start();
+    let app = App::plain("shadow", 1, "from the app\n");
+    app.file("static/robots.txt", "User-agent: *\n")
+        .file("static/docs/index.html", "docs index\n");
+    node.deploy("shadow", &app).success();
+    assert_eq!(
+        node.get("shadow.localhost", "/robots.txt"),
+        (200, "User-agent: *\n".into())
+    );
+    assert_eq!(
+        node.get("shadow.localhost", "/docs/"),
+        (200, "docs index\n".into())
+    );
+    assert_eq!(
+        node.get("shadow.localhost", "/docs").0,
+        301,
+        "a directory gets its slash"
+    );
+    assert_eq!(
+        node.get("shadow.localhost", "/anything"),
+        (200, "from the app\n".into())
+    );
+}
+
+#[test]
+fn update_fetch_paths_are_requested_before_the_switch() {
+    let node = Node::start();
+    let app = App::new();
+    app.file(
+        "app.ini",
+        "[production]\napp_name = fetchy\nupdate_fetch =\n    /setup\n    /warm\n",
+    )
+    .file(
+        "main.py",
+        "def application(environ, start_response):\n    \
+         path = environ['PATH_INFO']\n    \
+         status = '500 Internal Server Error' if path == '/warm' and FAIL else '200 OK'\n    \
+         start_response(status, [('Content-Type', 'text/plain')])\n    \
+         return [('%s ok\\n' % path).encode()]\nFAIL = False\n",
+    );
+    node.deploy("fetchy", &app)
+        .success()
+        .stdout_has("checked GET /setup: 200")
+        .stdout_has("checked GET /warm: 200");
+    let good = node.body("fetchy.localhost");
+
+    app.file(
+        "main.py",
+        &std::fs::read_to_string(app.path.join("main.py"))
+            .expect("read")
+            .replace("FAIL = False", "FAIL = True"),
+    );
+    node.deploy("fetchy", &app)
+        .failure()
+        .stderr_has("update_fetch /warm answered 500");
+    assert_eq!(node.body("fetchy.localhost"), good);
+}

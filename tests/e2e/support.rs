@@ -1,0 +1,383 @@
+//! The test harness: a real node (the built binary) with its own data dir and
+//! private Apache on free loopback ports, driven by the real `curl`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_toppcloud");
+
+/// Polls `f` until it returns Some, or panics with `what` at the deadline.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a command with a hard time limit; kills it if it overruns.
+pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn");
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "{cmd:?} did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What a command printed and how it ended, with assertions that show all
+/// of it when they fail.
+pub struct Run {
+    pub what: String,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(what: String, out: Output) -> Run {
+        Run {
+            what,
+            code: out.status.code(),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    fn describe(&self) -> String {
+        format!(
+            "{}\nexit: {:?}\nstdout:\n{}\nstderr:\n{}",
+            self.what, self.code, self.stdout, self.stderr
+        )
+    }
+
+    pub fn success(&self) -> &Run {
+        assert_eq!(self.code, Some(0), "expected success:\n{}", self.describe());
+        self
+    }
+
+    pub fn failure(&self) -> &Run {
+        assert_eq!(self.code, Some(1), "expected exit 1:\n{}", self.describe());
+        self
+    }
+
+    pub fn stdout_has(&self, text: &str) -> &Run {
+        assert!(
+            self.stdout.contains(text),
+            "stdout lacks {text:?}:\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    pub fn stderr_has(&self, text: &str) -> &Run {
+        assert!(
+            self.stderr.contains(text),
+            "stderr lacks {text:?}:\n{}",
+            self.describe()
+        );
+        self
+    }
+}
+
+/// A directory holding an app, written file by file.
+pub struct App {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl App {
+    pub fn new() -> App {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("app");
+        std::fs::create_dir(&path).expect("mkdir");
+        App { _dir: dir, path }
+    }
+
+    pub fn file(&self, name: &str, text: &str) -> &App {
+        let p = self.path.join(name);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+        self
+    }
+
+    pub fn remove(&self, name: &str) -> &App {
+        std::fs::remove_file(self.path.join(name)).expect("remove");
+        self
+    }
+
+    /// A plain WSGI app answering `body` at every path.
+    pub fn plain(name: &str, version: u32, body: &str) -> App {
+        let app = App::new();
+        app.set_plain(name, version, body);
+        app
+    }
+
+    pub fn set_plain(&self, name: &str, version: u32, body: &str) -> &App {
+        self.file(
+            "app.ini",
+            &format!("[production]\napp_name = {name}\nversion = {version}\nrunner = main.py\n"),
+        )
+        .file(
+            "main.py",
+            &format!(
+                "def application(environ, start_response):\n    \
+                 start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+                 return [{body:?}.encode()]\n"
+            ),
+        )
+    }
+}
+
+/// A node on loopback with its own data dir; stopped (with its Apache) on drop.
+pub struct Node {
+    pub dir: tempfile::TempDir,
+    pub data: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+    pub apache_port: u16,
+    pub http: String,
+}
+
+fn uv_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("uv-cache")
+}
+
+impl Node {
+    pub fn start() -> Node {
+        Node::start_with("")
+    }
+
+    /// Starts a node whose config gets `extra` TOML appended.
+    pub fn start_with(extra: &str) -> Node {
+        let dir = tempfile::Builder::new()
+            .prefix("toppcloud-test-")
+            .tempdir()
+            .expect("tempdir");
+        // Apache serves as www-data when the tests run as root.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let data = dir.path().join("data");
+        let config = dir.path().join("node.toml");
+        let base = format!(
+            "data_dir = {data:?}\ndomain = \"localhost\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
+             [apache]\nlisten = \"127.0.0.1:0\"\nslots = 6\nrequest_timeout = 10\n\
+             [build]\nuv_cache_dir = {cache:?}\n",
+            cache = uv_cache()
+        );
+        std::fs::write(&config, merge_toml(&base, extra)).expect("write config");
+        let mut node = Node {
+            dir,
+            data,
+            config,
+            child: None,
+            apache_port: 0,
+            http: String::new(),
+        };
+        node.spawn();
+        node
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("node.log")
+    }
+
+    /// Starts the node process and waits until it says it is ready.
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("log");
+        let child = Command::new(BIN)
+            .args(["node", "run", "--config"])
+            .arg(&self.config)
+            .env("TOPPCLOUD_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn node");
+        let pid = child.id();
+        self.child = Some(child);
+        let ready = self.data.join("node.ready");
+        let (apache, http) = wait_for("the node to be ready", Duration::from_secs(90), || {
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                panic!("node exited early ({status}):\n{}", self.log());
+            }
+            let text = std::fs::read_to_string(&ready).ok()?;
+            let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+            (v["pid"].as_u64()? == u64::from(pid)).then(|| {
+                (
+                    v["apache"].as_str().unwrap_or_default().to_string(),
+                    v["http"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+        });
+        self.apache_port = apache
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("port");
+        self.http = http;
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// SIGKILL: the node gets no chance to clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn deploy(&self, site: &str, app: &App) -> Run {
+        self.deploy_dir(site, &app.path)
+    }
+
+    pub fn deploy_dir(&self, site: &str, dir: &Path) -> Run {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["node", "deploy", site])
+            .arg(dir)
+            .arg("--config")
+            .arg(&self.config);
+        Run::from(
+            format!("toppcloud node deploy {site} {}", dir.display()),
+            run_with_timeout(cmd, Duration::from_secs(240)),
+        )
+    }
+
+    /// GET through the real curl, with the host resolved to loopback.
+    pub fn get(&self, host: &str, path: &str) -> (u16, String) {
+        let url = format!("http://{host}:{}{path}", self.apache_port);
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--max-time", "20", "-o", "-", "-w", "\n%{http_code}"])
+            .arg("--resolve")
+            .arg(format!("{host}:{}:127.0.0.1", self.apache_port))
+            .arg(&url);
+        let out = run_with_timeout(cmd, Duration::from_secs(30));
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    /// The body served at `host`, asserting a 200.
+    pub fn body(&self, host: &str) -> String {
+        let (code, body) = self.get(host, "/");
+        assert_eq!(
+            code,
+            200,
+            "GET http://{host}/ answered {code}: {body}\nnode log:\n{}",
+            self.log()
+        );
+        body
+    }
+
+    pub fn releases(&self, site: &str) -> Vec<String> {
+        let mut v: Vec<String> =
+            std::fs::read_dir(self.data.join("sites").join(site).join("releases"))
+                .map(|d| {
+                    d.flatten()
+                        .map(|e| e.file_name().to_string_lossy().into_owned())
+                        .collect()
+                })
+                .unwrap_or_default();
+        v.sort();
+        v
+    }
+
+    fn apache_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.data.join("apache/run/httpd.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Stops the node as a user would (SIGTERM) and waits for it to exit.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = c.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- node log ----\n{}", self.log());
+            let err = std::fs::read_to_string(self.data.join("apache/logs/error.log"))
+                .unwrap_or_default();
+            let tail: Vec<&str> = err.lines().rev().take(40).collect();
+            eprintln!(
+                "---- apache error.log (last lines, newest first) ----\n{}",
+                tail.join("\n")
+            );
+        }
+        self.stop();
+        // A node killed with -9 leaves its Apache running.
+        if let Some(pid) = self.apache_pid() {
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+/// Appends `extra` to `base`, merging tables `extra` repeats (TOML forbids
+/// a table twice).
+fn merge_toml(base: &str, extra: &str) -> String {
+    let mut doc: toml::Table = toml::from_str(base).expect("base toml");
+    let more: toml::Table = toml::from_str(extra).expect("extra toml");
+    for (k, v) in more {
+        match (doc.get_mut(&k), v) {
+            (Some(toml::Value::Table(t)), toml::Value::Table(m)) => t.extend(m),
+            (_, v) => {
+                doc.insert(k, v);
+            }
+        }
+    }
+    toml::to_string(&doc).expect("toml")
+}
