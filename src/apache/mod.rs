@@ -95,7 +95,7 @@ impl Apache {
             ApacheMode::System => self
                 .cfg
                 .config_dir
-                .join("sites-available/000-toppcloud.conf"),
+                .join("sites-available/00-toppcloud.conf"),
         }
     }
 
@@ -331,9 +331,9 @@ impl Apache {
         let dir = file.parent().context("sites-available has no parent")?;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         routes::write_atomic(&file, self.render_sites(pool).as_bytes())?;
-        let enabled = self.cfg.config_dir.join("sites-enabled/000-toppcloud.conf");
+        let enabled = self.cfg.config_dir.join("sites-enabled/00-toppcloud.conf");
         if !enabled.exists() {
-            std::os::unix::fs::symlink("../sites-available/000-toppcloud.conf", &enabled)
+            std::os::unix::fs::symlink("../sites-available/00-toppcloud.conf", &enabled)
                 .with_context(|| format!("cannot enable {}", enabled.display()))?;
         }
         if let Err(e) = self.config_test().await {
