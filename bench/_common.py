@@ -49,8 +49,10 @@ def find_binary():
     if not os.access(path, os.X_OK):
         log(f"building {path} (cargo build --release) ...")
         try:
+            # The binary must land where we look, whatever CARGO_TARGET_DIR says.
+            env = dict(os.environ, CARGO_TARGET_DIR=os.path.join(REPO_ROOT, "target"))
             subprocess.run(["cargo", "build", "--release"], cwd=REPO_ROOT,
-                           check=True, timeout=1800)
+                           env=env, check=True, timeout=1800)
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired,
                 FileNotFoundError) as e:
             raise BenchError(f"cannot build toppcloud: {e}")

@@ -149,9 +149,10 @@ impl Apache {
         let mut daemons = String::new();
         for i in 0..pool {
             // graceful-timeout lets in-flight requests of a retired slot
-            // finish; shutdown-timeout bounds the rest.
+            // finish; shutdown-timeout bounds the rest. `home` because
+            // mod_wsgi otherwise enters the user's home, which may not exist.
             daemons.push_str(&format!(
-                "WSGIDaemonProcess tc_{slot} python-home=\"{base}\" processes=1 threads=4 \
+                "WSGIDaemonProcess tc_{slot} python-home=\"{base}\" home=\"{share}\" processes=1 threads=4 \
                  display-name=%{{GROUP}} inactivity-timeout={idle} graceful-timeout={t} \
                  shutdown-timeout={t} lang=C.UTF-8 locale=C.UTF-8\n",
                 slot = slot_name(i),

@@ -8,5 +8,6 @@ mod support;
 mod crash;
 mod deploy;
 mod failures;
+mod node;
 mod runners;
 mod system;

@@ -158,6 +158,8 @@ pub struct Node {
     child: Option<Child>,
     pub apache_port: u16,
     pub http: String,
+    /// Runs the node and its commands as this (uid, gid) instead of ours.
+    run_as: Option<(u32, u32)>,
 }
 
 fn uv_cache() -> PathBuf {
@@ -171,6 +173,12 @@ impl Node {
 
     /// Starts a node whose config gets `extra` TOML appended.
     pub fn start_with(extra: &str) -> Node {
+        Node::start_as(None, extra)
+    }
+
+    /// Starts a node as another user (the tests run as root in CI; this is
+    /// how the unprivileged path is exercised there).
+    pub fn start_as(run_as: Option<(u32, u32)>, extra: &str) -> Node {
         let dir = tempfile::Builder::new()
             .prefix("toppcloud-test-")
             .tempdir()
@@ -185,9 +193,23 @@ impl Node {
             "data_dir = {data:?}\ndomain = \"localhost\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
              [apache]\nlisten = \"127.0.0.1:0\"\nslots = 6\nrequest_timeout = 10\n\
              [build]\nuv_cache_dir = {cache:?}\n",
-            cache = uv_cache()
+            // Another user cannot share the suite's cache.
+            cache = if run_as.is_some() {
+                dir.path().join("uv-cache")
+            } else {
+                uv_cache()
+            }
         );
         std::fs::write(&config, merge_toml(&base, extra)).expect("write config");
+        if let Some((uid, gid)) = run_as {
+            let status = Command::new("chown")
+                .arg("-R")
+                .arg(format!("{uid}:{gid}"))
+                .arg(dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success());
+        }
         let mut node = Node {
             dir,
             data,
@@ -195,6 +217,7 @@ impl Node {
             child: None,
             apache_port: 0,
             http: String::new(),
+            run_as,
         };
         node.spawn();
         node
@@ -211,7 +234,8 @@ impl Node {
             .append(true)
             .open(self.log_path())
             .expect("log");
-        let child = Command::new(BIN)
+        let child = self
+            .command()
             .args(["node", "run", "--config"])
             .arg(&self.config)
             .env("TOPPCLOUD_LOG", "info")
@@ -246,6 +270,21 @@ impl Node {
         self.http = http;
     }
 
+    /// The toppcloud binary, as the node's user.
+    pub fn command(&self) -> Command {
+        match self.run_as {
+            None => Command::new(BIN),
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.arg(format!("--reuid={uid}"))
+                    .arg(format!("--regid={gid}"))
+                    .arg("--clear-groups")
+                    .arg(BIN);
+                c
+            }
+        }
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
@@ -267,7 +306,7 @@ impl Node {
     }
 
     pub fn deploy_dir(&self, site: &str, dir: &Path) -> Run {
-        let mut cmd = Command::new(BIN);
+        let mut cmd = self.command();
         cmd.args(["node", "deploy", site])
             .arg(dir)
             .arg("--config")
