@@ -139,3 +139,25 @@ fn update_fetch_paths_are_requested_before_the_switch() {
         .stderr_has("update_fetch /warm answered 500");
     assert_eq!(node.body("fetchy.localhost"), good);
 }
+
+#[test]
+fn pyproject_dependencies_are_installed() {
+    let node = Node::start();
+    let app = App::new();
+    app.file("app.ini", "[production]\napp_name = proj\n")
+        .file(
+            "pyproject.toml",
+            "[project]\nname = \"proj\"\nversion = \"0.1\"\ndependencies = [\"flask\"]\n",
+        )
+        .file(
+            "main.py",
+            "import flask\n\
+             def application(environ, start_response):\n    \
+             start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+             return [b'flask is here\\n']\n",
+        );
+    node.deploy("proj", &app)
+        .success()
+        .stdout_has("installing pyproject.toml");
+    assert_eq!(node.body("proj.localhost"), "flask is here\n");
+}
