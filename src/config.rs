@@ -2,6 +2,7 @@
 //! the built-in defaults that make `toppcloud node run --dev` work with no
 //! file at all.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -17,6 +18,35 @@ pub struct NodeConfig {
     pub http: HttpConfig,
     pub apache: ApacheConfig,
     pub build: BuildConfig,
+    pub ssh: SshConfig,
+    /// Per-site settings, keyed by site name.
+    pub sites: BTreeMap<String, SiteConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SshConfig {
+    /// Port 0 picks a free port; the bound address is written to `node.ready`.
+    pub listen: SocketAddr,
+    /// OpenSSH format; default `<data_dir>/authorized_keys`.
+    pub authorized_keys: Option<PathBuf>,
+}
+
+impl Default for SshConfig {
+    fn default() -> Self {
+        SshConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 2222)),
+            authorized_keys: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SiteConfig {
+    /// The branch whose pushes deploy; default: the repository's HEAD
+    /// (`main`, or `master` for a repository that pushed only that).
+    pub branch: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,6 +108,8 @@ impl Default for NodeConfig {
             http: HttpConfig::default(),
             apache: ApacheConfig::default(),
             build: BuildConfig::default(),
+            ssh: SshConfig::default(),
+            sites: BTreeMap::new(),
         }
     }
 }
@@ -130,6 +162,18 @@ pub fn dev_data_dir() -> Result<PathBuf> {
 }
 
 impl NodeConfig {
+    pub fn authorized_keys(&self) -> PathBuf {
+        self.ssh
+            .authorized_keys
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("authorized_keys"))
+    }
+
+    /// The configured deploy branch of a site, if any.
+    pub fn site_branch(&self, site: &str) -> Option<&str> {
+        self.sites.get(site).and_then(|s| s.branch.as_deref())
+    }
+
     pub fn from_file(path: &Path) -> Result<NodeConfig> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config {}", path.display()))?;
@@ -171,6 +215,9 @@ impl NodeConfig {
             cfg.data_dir = std::env::current_dir()
                 .context("cannot read the current directory")?
                 .join(&cfg.data_dir);
+        }
+        if cfg.ssh.authorized_keys.is_none() {
+            cfg.ssh.authorized_keys = Some(cfg.data_dir.join("authorized_keys"));
         }
         if cfg.apache.slots < 3 {
             bail!("[apache] slots must be at least 3 (one site takes three)");

@@ -12,13 +12,31 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::engine::{DeployRequest, Engine};
+use crate::layout::Layout;
 use crate::names::SiteName;
 use crate::progress::Progress;
+use crate::push::{PreReceive, Pushes, RefUpdate};
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
-    Deploy { site: String, dir: PathBuf },
+    Deploy {
+        site: String,
+        dir: PathBuf,
+    },
+    /// From the pre-receive hook of a push the SSH server started.
+    PreReceive {
+        token: String,
+        updates: Vec<RefUpdate>,
+        quarantine: Option<PathBuf>,
+    },
+}
+
+/// What the control channel's handlers need.
+pub struct State {
+    pub engine: Arc<Engine>,
+    pub pushes: Arc<Pushes>,
+    pub layout: Layout,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -37,13 +55,13 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, engine: Arc<Engine>) {
+pub async fn serve(listener: UnixListener, state: Arc<State>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                let engine = engine.clone();
+                let state = state.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = handle(stream, engine).await {
+                    if let Err(e) = handle(stream, state).await {
                         tracing::warn!("control connection: {e:#}");
                     }
                 });
@@ -62,7 +80,39 @@ async fn send(w: &mut tokio::net::unix::OwnedWriteHalf, ev: &Event) -> std::io::
     w.write_all(line.as_bytes()).await
 }
 
-async fn handle(stream: UnixStream, engine: Arc<Engine>) -> Result<()> {
+/// Runs `job` to its end even if the client goes away, relaying its
+/// progress while the client listens.
+async fn relay<F>(w: &mut tokio::net::unix::OwnedWriteHalf, job: F) -> Result<()>
+where
+    F: FnOnce(Progress) -> tokio::task::JoinHandle<Result<String>>,
+{
+    let (progress, mut rx) = Progress::channel();
+    let job = job(progress);
+    let mut connected = true;
+    while let Some(line) = rx.recv().await {
+        if connected && send(w, &Event::Progress { line }).await.is_err() {
+            connected = false;
+        }
+    }
+    let done = match job.await {
+        Ok(Ok(message)) => Event::Done { ok: true, message },
+        Ok(Err(e)) => Event::Done {
+            ok: false,
+            message: format!("{e:#}"),
+        },
+        Err(e) => Event::Done {
+            ok: false,
+            message: format!("internal error: {e}"),
+        },
+    };
+    if connected {
+        send(w, &done).await?;
+    }
+    Ok(())
+}
+
+async fn handle(stream: UnixStream, state: Arc<State>) -> Result<()> {
+    let engine = state.engine.clone();
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();
     let Some(line) = lines.next_line().await? else {
@@ -86,43 +136,40 @@ async fn handle(stream: UnixStream, engine: Arc<Engine>) -> Result<()> {
                     return Ok(());
                 }
             };
-            let (progress, mut rx) = Progress::channel();
             let origin = format!("node deploy {}", dir.display());
-            // The deploy runs to its end even if the client goes away.
-            let job = tokio::spawn({
-                let engine = engine.clone();
-                async move {
+            relay(&mut w, move |progress| {
+                tokio::spawn(async move {
                     let req = DeployRequest {
                         site,
                         source: dir,
                         origin,
+                        sha: None,
                     };
-                    engine.deploy(req, &progress).await
-                }
-            });
-            let mut connected = true;
-            while let Some(line) = rx.recv().await {
-                if connected && send(&mut w, &Event::Progress { line }).await.is_err() {
-                    connected = false;
-                }
-            }
-            let done = match job.await {
-                Ok(Ok(d)) => Event::Done {
-                    ok: true,
-                    message: d.summary(),
-                },
-                Ok(Err(e)) => Event::Done {
-                    ok: false,
-                    message: format!("deploy failed: {e:#}"),
-                },
-                Err(e) => Event::Done {
-                    ok: false,
-                    message: format!("deploy crashed: {e}"),
-                },
-            };
-            if connected {
-                send(&mut w, &done).await?;
-            }
+                    let d = engine.deploy(req, &progress).await;
+                    d.map(|d| d.summary()).map_err(|e| e.context("deploy failed"))
+                })
+            })
+            .await?;
+        }
+        Request::PreReceive {
+            token,
+            updates,
+            quarantine,
+        } => {
+            let state = state.clone();
+            relay(&mut w, move |progress| {
+                tokio::spawn(async move {
+                    let req = PreReceive {
+                        token,
+                        updates,
+                        quarantine,
+                    };
+                    crate::push::pre_receive(&state.engine, &state.pushes, &state.layout, req, &progress)
+                        .await
+                        .map(|()| String::new())
+                })
+            })
+            .await?;
         }
     }
     Ok(())

@@ -37,6 +37,16 @@ pub struct DeployRequest {
     pub source: PathBuf,
     /// Who or what asked, for the release record ("node deploy /path").
     pub origin: String,
+    /// The commit the tree came from, when it came from git.
+    pub sha: Option<String>,
+}
+
+/// A site's turn to deploy: while it is held, no other deploy to the site
+/// runs. A git push holds it from before receive-pack starts until the
+/// branch has moved, so the branch and the live site always agree.
+pub struct SiteTurn {
+    site: SiteName,
+    _guard: OwnedMutexGuard<()>,
 }
 
 #[derive(Debug, Clone)]
@@ -54,10 +64,7 @@ impl Deployed {
             .version
             .map(|v| format!(", version {v}"))
             .unwrap_or_default();
-        format!(
-            "{} is live at {} (release {}{version})",
-            self.site, self.url, self.release
-        )
+        format!("live at {} (release {}{version})", self.url, self.release)
     }
 }
 
@@ -158,6 +165,11 @@ impl Engine {
         &self.cfg.domain
     }
 
+    /// The branch a site deploys from, when its config names one.
+    pub fn site_branch(&self, site: &SiteName) -> Option<&str> {
+        self.cfg.site_branch(site.as_str())
+    }
+
     /// Starts serving: the base interpreter, Apache, and the routes as
     /// recorded. Slots that hold neither a live nor a previous release lose
     /// their pointers before Apache (re)starts, so they come up empty.
@@ -200,6 +212,13 @@ impl Engine {
     }
 
     /// Waits for the site's turn: one deploy per site, in arrival order.
+    pub async fn turn(&self, site: &SiteName, progress: &Progress) -> SiteTurn {
+        SiteTurn {
+            site: site.clone(),
+            _guard: self.wait_turn(site, progress).await,
+        }
+    }
+
     async fn wait_turn(&self, site: &SiteName, progress: &Progress) -> OwnedMutexGuard<()> {
         let lock = self
             .turns
@@ -222,7 +241,20 @@ impl Engine {
     /// Makes `req.source` live at the site's hosts, or explains why not and
     /// leaves everything as it was.
     pub async fn deploy(&self, req: DeployRequest, progress: &Progress) -> Result<Deployed> {
-        let _turn = self.wait_turn(&req.site, progress).await;
+        let turn = self.turn(&req.site, progress).await;
+        self.deploy_in_turn(&turn, req, progress).await
+    }
+
+    /// `deploy`, for a caller that already holds the site's turn.
+    pub async fn deploy_in_turn(
+        &self,
+        turn: &SiteTurn,
+        req: DeployRequest,
+        progress: &Progress,
+    ) -> Result<Deployed> {
+        if turn.site != req.site {
+            bail!("internal error: holding the turn of {} to deploy {}", turn.site, req.site);
+        }
         let started = Instant::now();
         let id = self.next_release(&req.site);
         let mut attempt = Attempt {
@@ -312,6 +344,7 @@ impl Engine {
             version: ini.version,
             created: created.clone(),
             source: req.origin.clone(),
+            sha: req.sha.clone(),
             venv: lease.key().to_string(),
             runner: RunnerSpec::from(&ini.runner),
             env,
@@ -341,6 +374,7 @@ impl Engine {
             version: ini.version,
             created,
             source: req.origin.clone(),
+            sha: req.sha.clone(),
         };
         let retire = self.switch(site, record, &slot)?;
         attempt.slot = None;

@@ -45,6 +45,12 @@ impl Layout {
     pub fn release_dir(&self, site: &SiteName, id: ReleaseId) -> PathBuf {
         self.releases_dir(site).join(id.to_string())
     }
+    pub fn repo(&self, site: &SiteName) -> PathBuf {
+        self.root.join("repos").join(format!("{}.git", site.as_str()))
+    }
+    pub fn host_key(&self) -> PathBuf {
+        self.root.join("ssh_host_ed25519_key")
+    }
     pub fn slots_dir(&self) -> PathBuf {
         self.root.join("slots")
     }

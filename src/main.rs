@@ -1,20 +1,24 @@
 //! toppcloud: `git push` a Python WSGI app to your own server. This binary is
 //! both the node (`toppcloud node run`) and the commands that talk to it.
 
+mod access;
 mod apache;
 mod app_ini;
 mod build;
 mod config;
 mod control;
 mod engine;
+mod git;
 mod http;
 mod layout;
 mod names;
 mod node;
 mod process;
 mod progress;
+mod push;
 mod release;
 mod site_state;
+mod ssh;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +45,44 @@ enum Command {
     /// Run or talk to a node (the server side).
     #[command(subcommand)]
     Node(NodeCommand),
+    /// What the node's git hooks run; not for people.
+    #[command(hide = true, subcommand)]
+    Hook(HookCommand),
+}
+
+#[derive(Subcommand)]
+enum HookCommand {
+    /// Hands a push's ref updates (stdin) to the node and relays its verdict.
+    PreReceive,
+}
+
+#[derive(Subcommand)]
+enum KeysCommand {
+    /// Authorize a public key to push (all sites, or only --sites).
+    #[command(after_help = "Examples:\n  toppcloud node keys add laptop ~/.ssh/id_ed25519.pub\n  \
+        cat key.pub | toppcloud node keys add ci - --sites blog.example.com,*.example.org")]
+    Add {
+        /// A name for the key, shown in logs and release records.
+        name: String,
+        /// The public key file, or - for standard input.
+        keyfile: PathBuf,
+        /// Limit the key to these sites (names or *.domain), comma-separated.
+        #[arg(long)]
+        sites: Option<String>,
+        #[command(flatten)]
+        flags: NodeFlags,
+    },
+    /// List authorized keys.
+    List {
+        #[command(flatten)]
+        flags: NodeFlags,
+    },
+    /// Remove a key by name.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        flags: NodeFlags,
+    },
 }
 
 #[derive(Args, Clone)]
@@ -80,6 +122,9 @@ enum NodeCommand {
         #[command(flatten)]
         flags: NodeFlags,
     },
+    /// Manage the SSH keys that may push to this node (no restart needed).
+    #[command(subcommand)]
+    Keys(KeysCommand),
 }
 
 fn main() -> ExitCode {
@@ -133,5 +178,71 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{done}");
             Ok(())
         }
+        Command::Node(NodeCommand::Keys(cmd)) => keys(cmd),
+        Command::Hook(HookCommand::PreReceive) => hook_pre_receive().await,
     }
+}
+
+fn keys(cmd: KeysCommand) -> Result<()> {
+    match cmd {
+        KeysCommand::Add {
+            name,
+            keyfile,
+            sites,
+            flags,
+        } => {
+            let cfg = flags.resolve()?;
+            let text = if keyfile.as_os_str() == "-" {
+                std::io::read_to_string(std::io::stdin()).context("cannot read the key from stdin")?
+            } else {
+                std::fs::read_to_string(&keyfile)
+                    .with_context(|| format!("cannot read {}", keyfile.display()))?
+            };
+            let sites = sites
+                .map(|s| access::parse_patterns(&s, &cfg.domain))
+                .transpose()?;
+            let fp = access::add(&cfg.authorized_keys(), &name, &text, sites.as_deref())?;
+            println!("added key {name} ({fp})");
+            Ok(())
+        }
+        KeysCommand::List { flags } => {
+            let cfg = flags.resolve()?;
+            for (name, fp, sites) in access::list(&cfg.authorized_keys())? {
+                println!("{name}\t{fp}\t{sites}");
+            }
+            Ok(())
+        }
+        KeysCommand::Remove { name, flags } => {
+            let cfg = flags.resolve()?;
+            access::remove(&cfg.authorized_keys(), &name)?;
+            println!("removed key {name}");
+            Ok(())
+        }
+    }
+}
+
+/// The pre-receive hook: git runs it (through hooks/pre-receive) inside the
+/// receive-pack the node started, with the node's token in the environment.
+async fn hook_pre_receive() -> Result<()> {
+    let var = |name: &str| {
+        std::env::var(name).with_context(|| format!("{name} is not set: this hook runs inside a toppcloud push"))
+    };
+    let token = var("TOPPCLOUD_PUSH")?;
+    let socket = PathBuf::from(var("TOPPCLOUD_CONTROL")?);
+    let quarantine = std::env::var_os("GIT_QUARANTINE_PATH").map(PathBuf::from);
+    let stdin = std::io::read_to_string(std::io::stdin()).context("cannot read the ref updates")?;
+    let updates = stdin.lines().filter_map(push::RefUpdate::parse).collect();
+    let message = control::request(
+        &socket,
+        &control::Request::PreReceive {
+            token,
+            updates,
+            quarantine,
+        },
+    )
+    .await?;
+    if !message.is_empty() {
+        println!("{message}");
+    }
+    Ok(())
 }

@@ -15,6 +15,8 @@ use crate::control;
 use crate::engine::Engine;
 use crate::http;
 use crate::layout::Layout;
+use crate::push::Pushes;
+use crate::ssh;
 
 pub async fn run(cfg: NodeConfig) -> Result<()> {
     // Everything the node writes must be readable by the serving user.
@@ -34,6 +36,11 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         .with_context(|| format!("cannot listen on {} ([http] listen)", cfg.http.listen))?;
     let http_addr = http_listener.local_addr()?;
     let control_listener = control::bind(&layout.control_socket())?;
+    let ssh_listener = tokio::net::TcpListener::bind(cfg.ssh.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} ([ssh] listen)", cfg.ssh.listen))?;
+    let ssh_addr = ssh_listener.local_addr()?;
+    let host_key = ssh::host_key(&layout)?;
 
     if let Err(e) = engine.start().await {
         engine.stop().await;
@@ -41,7 +48,27 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     }
     let apache = engine.apache().listen();
 
-    tokio::spawn(control::serve(control_listener, engine.clone()));
+    let pushes = Arc::new(Pushes::default());
+    tokio::spawn(control::serve(
+        control_listener,
+        Arc::new(control::State {
+            engine: engine.clone(),
+            pushes: pushes.clone(),
+            layout: layout.clone(),
+        }),
+    ));
+    let fingerprint = ssh::fingerprint(&host_key);
+    tokio::spawn(ssh::serve(
+        ssh_listener,
+        Arc::new(ssh::Shared {
+            engine: engine.clone(),
+            layout: layout.clone(),
+            authorized_keys: cfg.authorized_keys(),
+            domain: cfg.domain.clone(),
+            pushes,
+        }),
+        host_key,
+    ));
     let http = tokio::spawn(async move {
         if let Err(e) = axum::serve(http_listener, http::router()).await {
             tracing::error!("http server: {e}");
@@ -52,6 +79,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         "pid": std::process::id(),
         "http": http_addr.to_string(),
         "apache": apache.to_string(),
+        "ssh": ssh_addr.to_string(),
     });
     crate::apache::routes::write_atomic(&layout.ready_file(), ready.to_string().as_bytes())?;
     println!(
@@ -60,6 +88,8 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         apache.port(),
         layout.root().display()
     );
+    println!("ssh on {ssh_addr}, host key {fingerprint}");
+    println!("push with: git remote add toppcloud ssh://toppcloud@{ssh_addr}/SITE");
 
     shutdown_signal().await;
     tracing::info!("stopping");

@@ -166,6 +166,8 @@ pub struct ReleaseFile {
     pub version: Option<u32>,
     pub created: String,
     pub source: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sha: Option<String>,
     pub venv: String,
     pub runner: RunnerSpec,
     /// The app's environment (SITE, CANONICAL_HOST, TOPPCLOUD, CONFIG_*).

@@ -25,6 +25,8 @@ pub struct ReleaseRecord {
     pub version: Option<u32>,
     pub created: String,
     pub source: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -113,6 +115,7 @@ mod tests {
             version,
             created: String::new(),
             source: String::new(),
+            sha: None,
         }
     }
 

@@ -8,7 +8,7 @@ fn first_deploy_serves_host_and_version_host() {
     let app = App::plain("blog", 1, "blog v1\n");
     node.deploy("blog", &app)
         .success()
-        .stdout_has("blog.localhost is live at http://blog.localhost:")
+        .stdout_has("live at http://blog.localhost:")
         .stdout_has("(release 1, version 1)");
     assert_eq!(node.body("blog.localhost"), "blog v1\n");
     assert_eq!(node.body("1.blog.localhost"), "blog v1\n");
