@@ -51,7 +51,6 @@ pub struct SiteTurn {
 
 #[derive(Debug, Clone)]
 pub struct Deployed {
-    pub site: SiteName,
     pub release: ReleaseId,
     pub version: Option<u32>,
     pub url: String,
@@ -391,7 +390,6 @@ impl Engine {
         drop(lease);
         self.collect_venvs();
         Ok(Deployed {
-            site: site.clone(),
             release: id,
             version: ini.version,
             url,
