@@ -9,5 +9,6 @@ mod crash;
 mod deploy;
 mod failures;
 mod node;
+mod push;
 mod runners;
 mod system;

@@ -46,6 +46,39 @@ pub fn run_with_timeout(mut cmd: Command, limit: Duration) -> Output {
     }
 }
 
+/// The ssh command git uses: this key only, no config, no prompts.
+pub fn ssh_command(key: &Path) -> String {
+    format!(
+        "ssh -F /dev/null -i {} -o IdentitiesOnly=yes -o BatchMode=yes \
+         -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR",
+        key.display()
+    )
+}
+
+/// A git command with a scrubbed environment, pushing with `key`.
+pub fn git_cmd(dir: &Path, key: &Path, args: &[&str]) -> Command {
+    let mut cmd = Command::new("git");
+    cmd.args(args)
+        .current_dir(dir)
+        .env("GIT_SSH_COMMAND", ssh_command(key))
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("GIT_CONFIG_GLOBAL", "/dev/null")
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_AUTHOR_NAME", "Tess Tester")
+        .env("GIT_AUTHOR_EMAIL", "tess@example.com")
+        .env("GIT_COMMITTER_NAME", "Tess Tester")
+        .env("GIT_COMMITTER_EMAIL", "tess@example.com");
+    cmd
+}
+
+/// Runs git under a deadline.
+pub fn git(dir: &Path, key: &Path, args: &[&str]) -> Run {
+    Run::from(
+        format!("git {} (in {})", args.join(" "), dir.display()),
+        run_with_timeout(git_cmd(dir, key, args), Duration::from_secs(240)),
+    )
+}
+
 /// What a command printed and how it ended, with assertions that show all
 /// of it when they fail.
 pub struct Run {
@@ -56,7 +89,7 @@ pub struct Run {
 }
 
 impl Run {
-    fn from(what: String, out: Output) -> Run {
+    pub fn from(what: String, out: Output) -> Run {
         Run {
             what,
             code: out.status.code(),
@@ -91,6 +124,25 @@ impl Run {
         self
     }
 
+    pub fn fails(&self) -> &Run {
+        assert_ne!(
+            self.code,
+            Some(0),
+            "expected a failure:\n{}",
+            self.describe()
+        );
+        self
+    }
+
+    pub fn stderr_lacks(&self, text: &str) -> &Run {
+        assert!(
+            !self.stderr.contains(text),
+            "stderr has {text:?}:\n{}",
+            self.describe()
+        );
+        self
+    }
+
     pub fn stderr_has(&self, text: &str) -> &Run {
         assert!(
             self.stderr.contains(text),
@@ -120,6 +172,31 @@ impl App {
         std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
         std::fs::write(p, text).expect("write");
         self
+    }
+
+    /// Makes the app dir a git repository on `main` with one commit.
+    pub fn git_init(&self, key: &Path) -> &App {
+        git(&self.path, key, &["init", "-q", "-b", "main"]).success();
+        self.commit(key, "first")
+    }
+
+    pub fn commit(&self, key: &Path, message: &str) -> &App {
+        git(&self.path, key, &["add", "-A"]).success();
+        git(
+            &self.path,
+            key,
+            &["commit", "-q", "--allow-empty", "-m", message],
+        )
+        .success();
+        self
+    }
+
+    pub fn head(&self, key: &Path) -> String {
+        git(&self.path, key, &["rev-parse", "HEAD"])
+            .success()
+            .stdout
+            .trim()
+            .to_string()
     }
 
     pub fn remove(&self, name: &str) -> &App {
@@ -158,6 +235,7 @@ pub struct Node {
     child: Option<Child>,
     pub apache_port: u16,
     pub http: String,
+    pub ssh_port: u16,
     /// Runs the node and its commands as this (uid, gid) instead of ours.
     run_as: Option<(u32, u32)>,
 }
@@ -191,7 +269,7 @@ impl Node {
         let config = dir.path().join("node.toml");
         let base = format!(
             "data_dir = {data:?}\ndomain = \"localhost\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [apache]\nlisten = \"127.0.0.1:0\"\nslots = 6\nrequest_timeout = 10\n\
+             [ssh]\nlisten = \"127.0.0.1:0\"\n[apache]\nlisten = \"127.0.0.1:0\"\nslots = 6\nrequest_timeout = 10\n\
              [build]\nuv_cache_dir = {cache:?}\n",
             // Another user cannot share the suite's cache.
             cache = if run_as.is_some() {
@@ -217,6 +295,7 @@ impl Node {
             child: None,
             apache_port: 0,
             http: String::new(),
+            ssh_port: 0,
             run_as,
         };
         node.spawn();
@@ -247,7 +326,7 @@ impl Node {
         let pid = child.id();
         self.child = Some(child);
         let ready = self.data.join("node.ready");
-        let (apache, http) = wait_for("the node to be ready", Duration::from_secs(90), || {
+        let (apache, http, ssh) = wait_for("the node to be ready", Duration::from_secs(90), || {
             if let Some(c) = self.child.as_mut()
                 && let Ok(Some(status)) = c.try_wait()
             {
@@ -259,6 +338,7 @@ impl Node {
                 (
                     v["apache"].as_str().unwrap_or_default().to_string(),
                     v["http"].as_str().unwrap_or_default().to_string(),
+                    v["ssh"].as_str().unwrap_or_default().to_string(),
                 )
             })
         });
@@ -268,6 +348,47 @@ impl Node {
             .and_then(|p| p.parse().ok())
             .expect("port");
         self.http = http;
+        self.ssh_port = ssh
+            .rsplit(':')
+            .next()
+            .and_then(|p| p.parse().ok())
+            .expect("ssh port");
+    }
+
+    /// Makes an ed25519 key pair in the test dir; returns the private key.
+    pub fn keygen(&self, name: &str) -> PathBuf {
+        let path = self.dir.path().join(format!("key-{name}"));
+        let mut cmd = Command::new("ssh-keygen");
+        cmd.args(["-q", "-t", "ed25519", "-N", "", "-C", name, "-f"])
+            .arg(&path);
+        let out = run_with_timeout(cmd, Duration::from_secs(30));
+        assert!(out.status.success(), "ssh-keygen: {out:?}");
+        path
+    }
+
+    /// `toppcloud node keys ARGS...` against this node.
+    pub fn keys(&self, args: &[&str]) -> Run {
+        let mut cmd = self.command();
+        cmd.args(["node", "keys"])
+            .args(args)
+            .arg("--config")
+            .arg(&self.config);
+        Run::from(
+            format!("toppcloud node keys {}", args.join(" ")),
+            run_with_timeout(cmd, Duration::from_secs(30)),
+        )
+    }
+
+    /// A key pair that may push to every site.
+    pub fn authorized_key(&self, name: &str) -> PathBuf {
+        let key = self.keygen(name);
+        let public = format!("{}.pub", key.display());
+        self.keys(&["add", name, &public]).success();
+        key
+    }
+
+    pub fn ssh_url(&self, path: &str) -> String {
+        format!("ssh://toppcloud@127.0.0.1:{}/{path}", self.ssh_port)
     }
 
     /// The toppcloud binary, as the node's user.
