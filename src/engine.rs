@@ -164,6 +164,13 @@ impl Engine {
         &self.cfg.domain
     }
 
+    /// The app files of the site's live release, if it has one.
+    pub fn live_app_dir(&self, site: &SiteName) -> Option<PathBuf> {
+        let st = self.state();
+        let live = st.sites.get(site)?.live.as_ref()?;
+        Some(release::app_dir(&self.layout.release_dir(site, live.release)))
+    }
+
     /// The branch a site deploys from, when its config names one.
     pub fn site_branch(&self, site: &SiteName) -> Option<&str> {
         self.cfg.site_branch(site.as_str())

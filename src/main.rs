@@ -19,6 +19,7 @@ mod push;
 mod release;
 mod site_state;
 mod ssh;
+mod upload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

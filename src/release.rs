@@ -75,6 +75,13 @@ fn copy_dir(root: &Path, src: &Path, dest: &Path, report: &mut StageReport) -> R
                 continue;
             }
             std::fs::copy(&from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
+            // Kept so a later rsync upload sees unchanged files as unchanged.
+            if let Ok(mtime) = meta.modified() {
+                let _ = std::fs::File::options()
+                    .write(true)
+                    .open(&to)
+                    .and_then(|f| f.set_modified(mtime));
+            }
             let mode = if meta.permissions().mode() & 0o111 != 0 {
                 0o755
             } else {
@@ -99,6 +106,32 @@ fn copy_dir(root: &Path, src: &Path, dest: &Path, report: &mut StageReport) -> R
         // Sockets, fifos and devices have no place in an app.
     }
     Ok(())
+}
+
+/// Symlinks under `root` that point outside it, relative to `root`.
+pub fn outward_symlinks(root: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            let Ok(ft) = e.file_type() else { continue };
+            if ft.is_dir() {
+                stack.push(path);
+            } else if ft.is_symlink() {
+                let inside = std::fs::read_link(&path)
+                    .is_ok_and(|t| link_stays_inside(root, &path, &t));
+                if !inside {
+                    out.push(path.strip_prefix(root).unwrap_or(&path).display().to_string());
+                }
+            }
+        }
+    }
+    out.sort();
+    out
 }
 
 /// Whether a relative symlink at `link` resolves, lexically, inside `root`.

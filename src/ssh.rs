@@ -15,12 +15,12 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use russh::keys::{HashAlg, PrivateKey};
 use russh::server::{Auth, ChannelOpenHandle, Msg, PublicKeyOffer, Session, VerifiedPublicKey};
-use russh::{Channel, ChannelId, MethodKind, MethodSet};
+use russh::{Channel, ChannelId, ChannelWriteHalf, MethodKind, MethodSet};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::access::{self, Identity};
-use crate::engine::Engine;
+use crate::engine::{DeployRequest, Engine, SiteTurn};
 use crate::layout::Layout;
 use crate::names::SiteName;
 use crate::progress::Progress;
@@ -118,9 +118,19 @@ pub struct Connection {
     _on_drop: tokio_util::sync::DropGuard,
 }
 
-enum GitCommand {
-    Receive,
-    Upload,
+enum Request {
+    Receive(SiteName),
+    Fetch(SiteName),
+    Rsync(crate::upload::Upload),
+}
+
+impl Request {
+    fn site(&self) -> &SiteName {
+        match self {
+            Request::Receive(s) | Request::Fetch(s) => s,
+            Request::Rsync(u) => &u.site,
+        }
+    }
 }
 
 impl Connection {
@@ -141,28 +151,30 @@ impl Connection {
     }
 
     /// Parses an exec line into a git command and the site it names.
-    fn parse_exec(&self, line: &str) -> Result<(GitCommand, SiteName), String> {
+    fn parse_exec(&self, line: &str) -> Result<Request, String> {
         let words =
             shell_words::split(line).map_err(|_| format!("cannot parse command {line:?}"))?;
+        if words.first().is_some_and(|w| w == "rsync") {
+            return crate::upload::parse(&words, &self.shared.domain).map(Request::Rsync);
+        }
         let (cmd, path) = match words.as_slice() {
             [cmd, path] => (cmd.as_str(), path.as_str()),
             _ => return Err(refusal_of(line)),
         };
-        let kind = match cmd {
-            "git-receive-pack" => GitCommand::Receive,
-            "git-upload-pack" => GitCommand::Upload,
-            _ => return Err(refusal_of(line)),
-        };
         let name = path.strip_prefix('/').unwrap_or(path);
         let name = name.strip_suffix(".git").unwrap_or(name);
-        let site = SiteName::parse(name, &self.shared.domain).map_err(|e| e.to_string())?;
-        Ok((kind, site))
+        let site = || SiteName::parse(name, &self.shared.domain).map_err(|e| e.to_string());
+        match cmd {
+            "git-receive-pack" => Ok(Request::Receive(site()?)),
+            "git-upload-pack" => Ok(Request::Fetch(site()?)),
+            _ => Err(refusal_of(line)),
+        }
     }
 }
 
 fn refusal_of(line: &str) -> String {
     let shown: String = line.chars().take(60).collect();
-    format!("{shown:?} is not something this node runs; it accepts git push and git fetch")
+    format!("{shown:?} is not something this node runs; it accepts git push, git fetch and toppcloud update")
 }
 
 impl russh::server::Handler for Connection {
@@ -300,10 +312,11 @@ impl russh::server::Handler for Connection {
             return self.refuse(ch, session, "not authenticated");
         };
         let line = String::from_utf8_lossy(data).into_owned();
-        let (kind, site) = match self.parse_exec(&line) {
+        let request = match self.parse_exec(&line) {
             Ok(x) => x,
             Err(message) => return self.refuse(ch, session, &message),
         };
+        let site = request.site().clone();
         let repo = self.shared.layout.repo(&site);
         // An unknown site and a forbidden one read the same.
         let not_found = format!(
@@ -314,7 +327,7 @@ impl russh::server::Handler for Connection {
             tracing::info!(key = %identity.name, site = %site, "refused: key not allowed on site");
             return self.refuse(ch, session, &not_found);
         }
-        if matches!(kind, GitCommand::Upload) && !repo.join("HEAD").exists() {
+        if matches!(request, Request::Fetch(_)) && !repo.join("HEAD").exists() {
             return self.refuse(ch, session, &not_found);
         }
         let Some(channel) = self.channels.remove(&ch) else {
@@ -330,9 +343,10 @@ impl russh::server::Handler for Connection {
             cancel: self.cancel.child_token(),
         };
         tokio::spawn(async move {
-            let result = match kind {
-                GitCommand::Receive => job.receive(channel).await,
-                GitCommand::Upload => job.upload(channel).await,
+            let result = match request {
+                Request::Receive(_) => job.receive(channel).await,
+                Request::Fetch(_) => job.upload(channel).await,
+                Request::Rsync(upload) => job.rsync(channel, upload).await,
             };
             if let Err(e) = result {
                 tracing::warn!("git session: {e:#}");
@@ -378,52 +392,38 @@ impl GitJob {
 
     async fn upload(self, channel: Channel<Msg>) -> Result<()> {
         let cmd = self.git("git-upload-pack");
-        pump(cmd, channel, self.cancel.clone()).await
+        let (code, w) = pump(cmd, channel, self.cancel.clone()).await?;
+        finish(&w, code, &self.cancel).await;
+        Ok(())
+    }
+
+    /// Waits for the site's turn, telling the client (on stderr) if it waits.
+    async fn turn(&self, channel: &Channel<Msg>) -> SiteTurn {
+        let (progress, lines) = Progress::channel();
+        let forward = tokio::spawn(forward_lines(lines, channel.make_writer_ext(Some(1)), self.cancel.clone()));
+        let turn = self.shared.engine.turn(&self.site, &progress).await;
+        drop(progress);
+        let _ = forward.await;
+        turn
     }
 
     /// A push: one at a time per site (the site's deploy turn is held for
     /// the whole of receive-pack), and the pre-receive hook deploys.
     async fn receive(self, channel: Channel<Msg>) -> Result<()> {
-        let (progress, mut lines) = Progress::channel();
-        let stderr = channel.make_writer_ext(Some(1));
-        let forward = tokio::spawn(async move {
-            let mut stderr = stderr;
-            while let Some(line) = lines.recv().await {
-                if stderr
-                    .write_all(format!("{line}\n").as_bytes())
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-        });
-        let prepared = async {
-            let repo = self.repo.clone();
-            tokio::task::spawn_blocking(move || crate::git::ensure_repo(&repo)).await??;
-            anyhow::Ok(())
-        }
-        .await;
+        let repo = self.repo.clone();
+        let prepared = tokio::task::spawn_blocking(move || crate::git::ensure_repo(&repo)).await?;
         if let Err(e) = prepared {
-            drop(progress);
-            let _ = forward.await;
             let (_, w) = channel.split();
-            let mut err = w.make_writer_ext(Some(1));
-            let _ = err
-                .write_all(format!("toppcloud: cannot prepare the repository: {e:#}\n").as_bytes())
-                .await;
-            let _ = w.exit_status(1).await;
-            let _ = w.eof().await;
-            let _ = w.close().await;
+            let line = format!("toppcloud: cannot prepare the repository: {e:#}\n");
+            let _ = w.make_writer_ext(Some(1)).write_all(line.as_bytes()).await;
+            finish(&w, 1, &self.cancel).await;
             return Err(e);
         }
-        let turn = self.shared.engine.turn(&self.site, &progress).await;
-        drop(progress);
-        let _ = forward.await;
-        let token =
-            self.shared
-                .pushes
-                .register(self.site.clone(), self.identity.name.clone(), turn);
+        let turn = self.turn(&channel).await;
+        let token = self
+            .shared
+            .pushes
+            .register(self.site.clone(), self.identity.name.clone(), turn);
         let mut cmd = self.git("git-receive-pack");
         cmd.env("TOPPCLOUD_PUSH", &token)
             .env("TOPPCLOUD_CONTROL", self.shared.layout.control_socket())
@@ -433,21 +433,140 @@ impl GitJob {
             );
         let result = pump(cmd, channel, self.cancel.clone()).await;
         self.shared.pushes.finish(&token);
-        result
+        let (code, w) = result?;
+        finish(&w, code, &self.cancel).await;
+        Ok(())
+    }
+
+    /// `toppcloud update`: rsync's receiver fills a fresh upload area seeded
+    /// with the live release, then the engine deploys it; its progress goes
+    /// to the client's stderr before the exit status. The area is removed
+    /// whatever happens.
+    async fn rsync(self, channel: Channel<Msg>, upload: crate::upload::Upload) -> Result<()> {
+        let turn = self.turn(&channel).await;
+        let layout = &self.shared.layout;
+        let area = layout.tmp_dir().join(format!("upload-{}", hex::encode(rand::random::<[u8; 8]>())));
+        let _cleanup = RemoveOnDrop(area.clone());
+        let seed = self.shared.engine.live_app_dir(&self.site);
+        let seeded = {
+            let area = area.clone();
+            tokio::task::spawn_blocking(move || match seed {
+                Some(live) => crate::release::stage(&live, &area).map(|_| ()),
+                None => std::fs::create_dir_all(&area).context("cannot create the upload area"),
+            })
+            .await?
+        };
+        let (code, w) = match seeded {
+            Ok(()) => {
+                let mut cmd = tokio::process::Command::new("rsync");
+                cmd.arg("--server")
+                    .args(&upload.options)
+                    .arg(".")
+                    .arg(format!("{}/", area.display()))
+                    .current_dir(&area)
+                    .env_clear()
+                    .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+                    .env("LANG", "C.UTF-8")
+                    .stdin(Stdio::piped())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped());
+                pump(cmd, channel, self.cancel.clone()).await?
+            }
+            Err(e) => {
+                let (_, w) = channel.split();
+                let line = format!("toppcloud: cannot prepare the upload: {e:#}\n");
+                let _ = w.make_writer_ext(Some(1)).write_all(line.as_bytes()).await;
+                finish(&w, 1, &self.cancel).await;
+                return Err(e);
+            }
+        };
+        if code != 0 {
+            finish(&w, code, &self.cancel).await;
+            return Ok(());
+        }
+        let (progress, lines) = Progress::channel();
+        let forward = tokio::spawn(forward_lines(lines, w.make_writer_ext(Some(1)), self.cancel.clone()));
+        let outward = {
+            let area = area.clone();
+            tokio::task::spawn_blocking(move || crate::release::outward_symlinks(&area)).await?
+        };
+        let deployed = if let Some(link) = outward.first() {
+            Err(anyhow::anyhow!("{link}: symlink points outside the app; the upload is refused"))
+        } else {
+            let req = DeployRequest {
+                site: self.site.clone(),
+                source: area.clone(),
+                origin: format!("toppcloud update by {}", self.identity.name),
+                sha: None,
+            };
+            self.shared.engine.deploy_in_turn(&turn, req, &progress).await
+        };
+        let code = match deployed {
+            Ok(d) => {
+                progress.say(d.summary());
+                0
+            }
+            Err(e) => {
+                progress.say(format!("toppcloud: deploy failed: {e:#}"));
+                1
+            }
+        };
+        drop(progress);
+        let _ = forward.await;
+        finish(&w, code, &self.cancel).await;
+        Ok(())
     }
 }
 
-/// Runs `cmd` with the channel as its stdin, stdout and stderr, then sends
-/// its exit status. If the client goes away, the child is not killed: its
-/// output is drained to nowhere and it runs to its end, so a push whose
-/// pack arrived completes (deploy and branch together) or, if the pack did
-/// not arrive, fails in git before anything is deployed.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn forward_lines<W: AsyncWrite + Unpin>(
+    mut lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    mut to: W,
+    cancel: CancellationToken,
+) {
+    while let Some(line) = lines.recv().await {
+        if cancel.is_cancelled() {
+            continue;
+        }
+        let text = format!("{line}\n");
+        tokio::select! {
+            r = to.write_all(text.as_bytes()) => if r.is_err() { cancel.cancel() },
+            _ = cancel.cancelled() => {}
+        }
+    }
+}
+
+/// exit-status before eof and close: git treats a missing status as a
+/// failed transport even when the refs were updated.
+async fn finish(w: &ChannelWriteHalf<Msg>, code: i32, cancel: &CancellationToken) {
+    if cancel.is_cancelled() {
+        return;
+    }
+    let _ = w.exit_status(code as u32).await;
+    let _ = w.eof().await;
+    let _ = w.close().await;
+}
+
+/// Runs `cmd` with the channel as its stdin, stdout and stderr, and returns
+/// its exit code with the channel's write half, for the caller to add more
+/// (deploy progress) before the exit status. If the client goes away, the
+/// child is not killed: its output is drained to nowhere and it runs to its
+/// end, so an upload or push whose data arrived completes (deploy and branch
+/// together) or, if the data did not arrive, fails before anything is
+/// deployed.
 async fn pump(
     mut cmd: tokio::process::Command,
     channel: Channel<Msg>,
     cancel: CancellationToken,
-) -> Result<()> {
-    let mut child = cmd.spawn().context("cannot start git")?;
+) -> Result<(i32, ChannelWriteHalf<Msg>)> {
+    let mut child = cmd.spawn().context("cannot start the command")?;
     let (mut read_half, write_half) = channel.split();
     let mut stdin = child.stdin.take().context("no stdin")?;
     let stdout = child.stdout.take().context("no stdout")?;
@@ -455,19 +574,11 @@ async fn pump(
     let stdin_task = tokio::spawn(async move {
         let mut reader = read_half.make_reader();
         let _ = tokio::io::copy(&mut reader, &mut stdin).await;
-        // Dropping stdin tells git the client sent everything.
+        // Dropping stdin tells the child the client sent everything.
     });
-    let out = tokio::spawn(copy_or_drain(
-        stdout,
-        write_half.make_writer(),
-        cancel.clone(),
-    ));
-    let err = tokio::spawn(copy_or_drain(
-        stderr,
-        write_half.make_writer_ext(Some(1)),
-        cancel.clone(),
-    ));
-    let status = child.wait().await.context("waiting for git")?;
+    let out = tokio::spawn(copy_or_drain(stdout, write_half.make_writer(), cancel.clone()));
+    let err = tokio::spawn(copy_or_drain(stderr, write_half.make_writer_ext(Some(1)), cancel.clone()));
+    let status = child.wait().await.context("waiting for the command")?;
     let _ = out.await;
     let _ = err.await;
     stdin_task.abort();
@@ -475,14 +586,7 @@ async fn pump(
         use std::os::unix::process::ExitStatusExt;
         128 + status.signal().unwrap_or(0)
     });
-    if !cancel.is_cancelled() {
-        // exit-status before eof and close: git treats a missing status as
-        // a failed transport even when the refs were updated.
-        let _ = write_half.exit_status(code as u32).await;
-        let _ = write_half.eof().await;
-        let _ = write_half.close().await;
-    }
-    Ok(())
+    Ok((code, write_half))
 }
 
 /// Copies a child's output to the client until the client is gone, then
