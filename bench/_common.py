@@ -231,8 +231,13 @@ class Node:
     """
 
     def __init__(self, binary, ready_timeout=60.0, stop_timeout=60.0,
-                 keep_tmp=False):
+                 keep_tmp=False, ssh=False, apache_slots=None):
         self.binary = binary
+        # ssh=True adds `[ssh] listen = "127.0.0.1:0"` (node.ssh_port);
+        # apache_slots sets [apache] slots. Defaults: the config as before.
+        self.ssh = ssh
+        self.apache_slots = apache_slots
+        self.ssh_addr = self.ssh_port = None
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self.keep_tmp = keep_tmp
@@ -270,7 +275,10 @@ class Node:
                 'domain = "localhost"\n'
                 '[http]\nlisten = "127.0.0.1:0"\n'
                 '[apache]\nlisten = "127.0.0.1:0"\n'
-                f'[build]\nkeep_releases = 5\nuv_cache_dir = "{uv_cache}"\n'
+                + (f'slots = {int(self.apache_slots)}\n'
+                   if self.apache_slots else '')
+                + f'[build]\nkeep_releases = 5\nuv_cache_dir = "{uv_cache}"\n'
+                + ('[ssh]\nlisten = "127.0.0.1:0"\n' if self.ssh else '')
             )
         self.log_path = os.path.join(self.tmp, "node.log")
         self._log = open(self.log_path, "wb")
@@ -302,6 +310,12 @@ class Node:
         for addr in (self.http_addr, self.apache_addr):
             if not addr.startswith(LOOPBACK + ":"):
                 raise BenchError(f"node listens on {addr}, not loopback; refusing")
+        if self.ssh:
+            self.ssh_addr = info.get("ssh")
+            if not self.ssh_addr or not self.ssh_addr.startswith(LOOPBACK + ":"):
+                raise BenchError(f"node.ready has ssh {self.ssh_addr!r}, "
+                                 "not a loopback address")
+            self.ssh_port = int(self.ssh_addr.rsplit(":", 1)[1])
         self.http_port = int(self.http_addr.rsplit(":", 1)[1])
         self.apache_port = int(self.apache_addr.rsplit(":", 1)[1])
         url = f"http://{self.http_addr}/healthz"
@@ -324,6 +338,25 @@ class Node:
             return "\n".join(lines[-n:])
         except OSError:
             return "(no node log)"
+
+    def log_lines(self, *markers):
+        """Node log lines (colour codes stripped) containing any marker."""
+        try:
+            with open(self.log_path, "rb") as f:
+                text = strip_ansi(f.read().decode(errors="replace"))
+        except OSError:
+            return []
+        return [l for l in text.splitlines()
+                if not markers or any(m in l for m in markers)]
+
+    def add_key(self, name, pub_path):
+        """`toppcloud node keys add NAME PUB --config node.toml`."""
+        r = subprocess.run([self.binary, "node", "keys", "add", name, pub_path,
+                            "--config", self.config], stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=30)
+        if r.returncode != 0:
+            raise BenchError(f"node keys add failed ({r.returncode}): "
+                             f"{(r.stderr or r.stdout).strip()}")
 
     def apache_pid(self):
         """The private Apache's parent pid from its pid file, or None."""
@@ -454,3 +487,97 @@ class DeployResult:
 def add_common_args(parser):
     parser.add_argument("--keep", action="store_true",
                         help="keep the temp dir (node log, data) for inspection")
+
+
+# --- commands, git and ssh --------------------------------------------------------
+
+_ANSI = None
+
+
+def strip_ansi(text):
+    global _ANSI
+    if _ANSI is None:
+        import re
+        _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+    return _ANSI.sub("", text)
+
+
+def run_lines(cmd, timeout, cwd=None, env=None):
+    """Runs cmd, keeping each output line (stdout and stderr) with the
+    perf_counter() time it was read; killed after `timeout` s. Returns a
+    DeployResult (returncode None if killed)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    timer = threading.Timer(timeout, p.kill)
+    timer.start()
+    lines = []
+    try:
+        for raw in p.stdout:
+            text = raw.decode(errors="replace").rstrip()
+            # git's sideband pads remote lines with spaces and may use \r.
+            for part in text.split("\r"):
+                if part.strip():
+                    lines.append((time.perf_counter(), part.rstrip()))
+        rc = p.wait()
+        t1 = time.perf_counter()
+    finally:
+        timed_out = not timer.is_alive()
+        timer.cancel()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()
+    if timed_out and rc != 0:
+        rc = None
+        lines.append((t1, f"(killed: no exit within {timeout:.0f} s)"))
+    return DeployResult(t0, t1, rc, lines)
+
+
+def git_env(ssh_key=None):
+    """An environment for git that ignores the user's and system's config;
+    with ssh_key, GIT_SSH_COMMAND uses only that key and trusts any host."""
+    env = dict(os.environ, GIT_CONFIG_NOSYSTEM="1", GIT_CONFIG_GLOBAL="/dev/null",
+               GIT_AUTHOR_NAME="bench", GIT_AUTHOR_EMAIL="bench@localhost",
+               GIT_COMMITTER_NAME="bench", GIT_COMMITTER_EMAIL="bench@localhost",
+               GIT_TERMINAL_PROMPT="0", LC_ALL="C")
+    env.pop("GIT_DIR", None)
+    env.pop("GIT_WORK_TREE", None)
+    if ssh_key:
+        env["GIT_SSH_COMMAND"] = " ".join(ssh_command(ssh_key))
+    return env
+
+
+def ssh_command(key):
+    return ["ssh", "-F", "/dev/null", "-i", key, "-o", "IdentitiesOnly=yes",
+            "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+
+
+def git(cwd, *args, env=None, timeout=120):
+    """Runs git quietly; raises BenchError with its output if it fails."""
+    try:
+        r = subprocess.run(["git", *args], cwd=cwd, env=env or git_env(),
+                           stdin=subprocess.DEVNULL, capture_output=True,
+                           text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"git {' '.join(args)} took over {timeout} s")
+    if r.returncode != 0:
+        raise BenchError(f"git {' '.join(args)} exited {r.returncode}: "
+                         f"{(r.stderr or r.stdout).strip()[-500:]}")
+    return r.stdout
+
+
+def ssh_keygen(path):
+    """A fresh passphrase-less ed25519 key pair at path / path.pub."""
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "bench",
+                    "-f", path], stdin=subprocess.DEVNULL, check=True, timeout=30)
+    return path
+
+
+def free_port():
+    """A loopback TCP port that was free a moment ago."""
+    import socket
+    with socket.socket() as s:
+        s.bind((LOOPBACK, 0))
+        return s.getsockname()[1]

@@ -168,7 +168,9 @@ impl Engine {
     pub fn live_app_dir(&self, site: &SiteName) -> Option<PathBuf> {
         let st = self.state();
         let live = st.sites.get(site)?.live.as_ref()?;
-        Some(release::app_dir(&self.layout.release_dir(site, live.release)))
+        Some(release::app_dir(
+            &self.layout.release_dir(site, live.release),
+        ))
     }
 
     /// The branch a site deploys from, when its config names one.

@@ -5,6 +5,7 @@ mod access;
 mod apache;
 mod app_ini;
 mod build;
+mod client;
 mod config;
 mod control;
 mod engine;
@@ -19,6 +20,7 @@ mod push;
 mod release;
 mod site_state;
 mod ssh;
+mod update;
 mod upload;
 
 use std::path::PathBuf;
@@ -46,6 +48,43 @@ enum Command {
     /// Run or talk to a node (the server side).
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Deploy an app directory with rsync, the original toppcloud way.
+    #[command(
+        after_help = "Examples:\n  toppcloud update blog/ --host=blog.example.com\n  \
+        toppcloud update blog/ --node ssh://toppcloud@127.0.0.1:2222   # host from app.ini's default_host"
+    )]
+    Update {
+        /// The app directory (with its app.ini).
+        dir: PathBuf,
+        /// The site to deploy to; default: app.ini's default_host.
+        #[arg(long)]
+        host: Option<String>,
+        /// A configured node's name or an ssh:// URL; default: the default node.
+        #[arg(long, env = "TOPPCLOUD_NODE")]
+        node: Option<String>,
+        /// Add the site's names to /etc/hosts when they have no DNS entry.
+        #[arg(long)]
+        etc_hosts: bool,
+    },
+    /// Record a node and make it the default for update and remote.
+    #[command(after_help = "Example:\n  toppcloud default-node ssh://toppcloud@127.0.0.1:2222")]
+    DefaultNode {
+        /// An ssh:// URL, or the name of a node already configured.
+        node: String,
+        /// The name to give the node (default: its host name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// In a git checkout: add the `toppcloud` remote for a site on the node.
+    #[command(
+        after_help = "Example:\n  toppcloud remote blog.example.com && git push toppcloud main"
+    )]
+    Remote {
+        /// The site; default: app.ini's default_host.
+        site: Option<String>,
+        #[arg(long, env = "TOPPCLOUD_NODE")]
+        node: Option<String>,
+    },
     /// What the node's git hooks run; not for people.
     #[command(hide = true, subcommand)]
     Hook(HookCommand),
@@ -183,6 +222,26 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Node(NodeCommand::Keys(cmd)) => keys(cmd),
         Command::Hook(HookCommand::PreReceive) => hook_pre_receive().await,
+        Command::Update {
+            dir,
+            host,
+            node,
+            etc_hosts,
+        } => {
+            let cfg = client::ClientConfig::load(&client::config_path()?)?;
+            let node = cfg.node(node.as_deref())?;
+            update::run(&dir, host.as_deref(), &node, etc_hosts)
+        }
+        Command::DefaultNode { node, name } => {
+            let chosen = client::set_default(&node, name.as_deref())?;
+            println!("default node: {chosen}");
+            Ok(())
+        }
+        Command::Remote { site, node } => {
+            let cfg = client::ClientConfig::load(&client::config_path()?)?;
+            let node = cfg.node(node.as_deref())?;
+            update::add_remote(site.as_deref(), &node)
+        }
     }
 }
 

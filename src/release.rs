@@ -122,10 +122,15 @@ pub fn outward_symlinks(root: &Path) -> Vec<String> {
             if ft.is_dir() {
                 stack.push(path);
             } else if ft.is_symlink() {
-                let inside = std::fs::read_link(&path)
-                    .is_ok_and(|t| link_stays_inside(root, &path, &t));
+                let inside =
+                    std::fs::read_link(&path).is_ok_and(|t| link_stays_inside(root, &path, &t));
                 if !inside {
-                    out.push(path.strip_prefix(root).unwrap_or(&path).display().to_string());
+                    out.push(
+                        path.strip_prefix(root)
+                            .unwrap_or(&path)
+                            .display()
+                            .to_string(),
+                    );
                 }
             }
         }

@@ -174,7 +174,9 @@ impl Connection {
 
 fn refusal_of(line: &str) -> String {
     let shown: String = line.chars().take(60).collect();
-    format!("{shown:?} is not something this node runs; it accepts git push, git fetch and toppcloud update")
+    format!(
+        "{shown:?} is not something this node runs; it accepts git push, git fetch and toppcloud update"
+    )
 }
 
 impl russh::server::Handler for Connection {
@@ -400,7 +402,11 @@ impl GitJob {
     /// Waits for the site's turn, telling the client (on stderr) if it waits.
     async fn turn(&self, channel: &Channel<Msg>) -> SiteTurn {
         let (progress, lines) = Progress::channel();
-        let forward = tokio::spawn(forward_lines(lines, channel.make_writer_ext(Some(1)), self.cancel.clone()));
+        let forward = tokio::spawn(forward_lines(
+            lines,
+            channel.make_writer_ext(Some(1)),
+            self.cancel.clone(),
+        ));
         let turn = self.shared.engine.turn(&self.site, &progress).await;
         drop(progress);
         let _ = forward.await;
@@ -420,10 +426,10 @@ impl GitJob {
             return Err(e);
         }
         let turn = self.turn(&channel).await;
-        let token = self
-            .shared
-            .pushes
-            .register(self.site.clone(), self.identity.name.clone(), turn);
+        let token =
+            self.shared
+                .pushes
+                .register(self.site.clone(), self.identity.name.clone(), turn);
         let mut cmd = self.git("git-receive-pack");
         cmd.env("TOPPCLOUD_PUSH", &token)
             .env("TOPPCLOUD_CONTROL", self.shared.layout.control_socket())
@@ -445,7 +451,9 @@ impl GitJob {
     async fn rsync(self, channel: Channel<Msg>, upload: crate::upload::Upload) -> Result<()> {
         let turn = self.turn(&channel).await;
         let layout = &self.shared.layout;
-        let area = layout.tmp_dir().join(format!("upload-{}", hex::encode(rand::random::<[u8; 8]>())));
+        let area = layout
+            .tmp_dir()
+            .join(format!("upload-{}", hex::encode(rand::random::<[u8; 8]>())));
         let _cleanup = RemoveOnDrop(area.clone());
         let seed = self.shared.engine.live_app_dir(&self.site);
         let seeded = {
@@ -485,13 +493,19 @@ impl GitJob {
             return Ok(());
         }
         let (progress, lines) = Progress::channel();
-        let forward = tokio::spawn(forward_lines(lines, w.make_writer_ext(Some(1)), self.cancel.clone()));
+        let forward = tokio::spawn(forward_lines(
+            lines,
+            w.make_writer_ext(Some(1)),
+            self.cancel.clone(),
+        ));
         let outward = {
             let area = area.clone();
             tokio::task::spawn_blocking(move || crate::release::outward_symlinks(&area)).await?
         };
         let deployed = if let Some(link) = outward.first() {
-            Err(anyhow::anyhow!("{link}: symlink points outside the app; the upload is refused"))
+            Err(anyhow::anyhow!(
+                "{link}: symlink points outside the app; the upload is refused"
+            ))
         } else {
             let req = DeployRequest {
                 site: self.site.clone(),
@@ -499,7 +513,10 @@ impl GitJob {
                 origin: format!("toppcloud update by {}", self.identity.name),
                 sha: None,
             };
-            self.shared.engine.deploy_in_turn(&turn, req, &progress).await
+            self.shared
+                .engine
+                .deploy_in_turn(&turn, req, &progress)
+                .await
         };
         let code = match deployed {
             Ok(d) => {
@@ -576,8 +593,16 @@ async fn pump(
         let _ = tokio::io::copy(&mut reader, &mut stdin).await;
         // Dropping stdin tells the child the client sent everything.
     });
-    let out = tokio::spawn(copy_or_drain(stdout, write_half.make_writer(), cancel.clone()));
-    let err = tokio::spawn(copy_or_drain(stderr, write_half.make_writer_ext(Some(1)), cancel.clone()));
+    let out = tokio::spawn(copy_or_drain(
+        stdout,
+        write_half.make_writer(),
+        cancel.clone(),
+    ));
+    let err = tokio::spawn(copy_or_drain(
+        stderr,
+        write_half.make_writer_ext(Some(1)),
+        cancel.clone(),
+    ));
     let status = child.wait().await.context("waiting for the command")?;
     let _ = out.await;
     let _ = err.await;

@@ -47,16 +47,20 @@ pub fn parse(words: &[String], domain: &str) -> Result<Upload, String> {
         return Err("not an rsync upload".into());
     }
     if rest.iter().any(|w| w == "--sender") {
-        return Err("downloads are refused: this node only receives uploads (rsync --sender)".into());
+        return Err(
+            "downloads are refused: this node only receives uploads (rsync --sender)".into(),
+        );
+    }
+    for o in rest.iter().filter(|w| w.starts_with('-')) {
+        check_option(o)?;
     }
     let [options @ .., dot, dest] = rest else {
         return Err("rsync upload without a destination".into());
     };
     if dot != "." {
-        return Err("rsync upload in an unexpected form (secluded arguments are refused; drop -s)".into());
-    }
-    for o in options {
-        check_option(o)?;
+        return Err(
+            "rsync upload in an unexpected form (secluded arguments are refused; drop -s)".into(),
+        );
     }
     let name = dest.trim_end_matches('/');
     let name = name.strip_prefix('/').unwrap_or(name);
@@ -94,7 +98,7 @@ fn check_option(o: &str) -> Result<(), String> {
     match flags.chars().find(|c| !SHORT_OK.contains(*c)) {
         None => Ok(()),
         Some(c) => Err(format!(
-            "rsync option -{c} is refused by this node (owners, groups, devices and secluded args are not accepted)"
+            "rsync option -{c} is refused by this node (owners, groups, devices and secluded arguments are not accepted)"
         )),
     }
 }
@@ -109,7 +113,11 @@ mod tests {
 
     #[test]
     fn the_clients_form_is_accepted() {
-        let u = parse(&words("rsync --server -lptrze.iLsfxCIvu --delete . blog/"), "localhost").unwrap();
+        let u = parse(
+            &words("rsync --server -lptrze.iLsfxCIvu --delete . blog/"),
+            "localhost",
+        )
+        .unwrap();
         assert_eq!(u.site.as_str(), "blog.localhost");
         assert_eq!(u.options, vec!["-lptrze.iLsfxCIvu", "--delete"]);
     }
@@ -117,7 +125,11 @@ mod tests {
     #[test]
     fn refusals_name_the_problem() {
         let d = "localhost";
-        let e = parse(&words("rsync --server --sender -lptre.iLsfxCIvu . blog/"), d).unwrap_err();
+        let e = parse(
+            &words("rsync --server --sender -lptre.iLsfxCIvu . blog/"),
+            d,
+        )
+        .unwrap_err();
         assert!(e.contains("--sender"), "{e}");
         let e = parse(&words("rsync --server -slptre.iLsfxCIvu"), d).unwrap_err();
         assert!(e.contains("secluded") || e.contains("-s"), "{e}");
@@ -127,7 +139,11 @@ mod tests {
         assert!(e.contains("leaves the upload area"), "{e}");
         let e = parse(&words("rsync --server -lptre.iLsfxCIvu . blog/sub/"), d).unwrap_err();
         assert!(e.contains("leaves the upload area"), "{e}");
-        let e = parse(&words("rsync --server -lptre.iLsfxCIvu --log-file=/etc/x . blog/"), d).unwrap_err();
+        let e = parse(
+            &words("rsync --server -lptre.iLsfxCIvu --log-file=/etc/x . blog/"),
+            d,
+        )
+        .unwrap_err();
         assert!(e.contains("--log-file"), "{e}");
         let e = parse(&words("rsync --server -lptre.iLsfxCIvu . prev.blog/"), d).unwrap_err();
         assert!(e.contains("prev"), "{e}");

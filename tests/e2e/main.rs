@@ -12,3 +12,4 @@ mod node;
 mod push;
 mod runners;
 mod system;
+mod update;
