@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{App, Node, wait_for};
+use crate::support::{App, Node, slow_main_py, wait_for};
 
 #[test]
 fn kill_9_during_a_deploy_leaves_the_live_release() {
@@ -12,12 +12,7 @@ fn kill_9_during_a_deploy_leaves_the_live_release() {
     node.deploy("blog", &app).success();
 
     // A release that takes long to start: the node is killed while it waits.
-    app.file(
-        "main.py",
-        "import time\ntime.sleep(60)\n\
-         def application(environ, start_response):\n    \
-         start_response('200 OK', [])\n    return [b'never\\n']\n",
-    );
+    app.file("main.py", &slow_main_py(60, "never\n"));
     std::thread::scope(|s| {
         let deploy = s.spawn(|| node.deploy("blog", &app));
         wait_for(

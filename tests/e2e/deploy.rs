@@ -1,6 +1,6 @@
 //! Deploys that succeed: what `host`, `N.host` and `prev.host` serve.
 
-use crate::support::{App, Node};
+use crate::support::{App, Node, slow_main_py};
 
 #[test]
 fn first_deploy_serves_host_and_version_host() {
@@ -88,12 +88,7 @@ fn two_deploys_to_one_site_take_turns() {
     let first = App::plain("blog", 1, "one\n");
     // The first deploy's app is slow to import, so the second one arrives
     // while it is still running.
-    first.file(
-        "main.py",
-        "import time\ntime.sleep(2)\n\
-         def application(environ, start_response):\n    \
-         start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'one\\n']\n",
-    );
+    first.file("main.py", &slow_main_py(2, "one\n"));
     let second = App::plain("blog", 1, "two\n");
     std::thread::scope(|s| {
         let r1 = s.spawn(|| node.deploy("blog", &first));

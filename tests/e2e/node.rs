@@ -60,7 +60,7 @@ fn missing_apache_names_the_packages_to_install() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[apache]\nlisten = \"127.0.0.1:0\"\napache2 = \"/nonexistent/apache2\"\n",
+            "data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[ssh]\nlisten = \"127.0.0.1:0\"\n[apache]\nlisten = \"127.0.0.1:0\"\napache2 = \"/nonexistent/apache2\"\n",
             dir.path().join("data")
         ),
     )

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{App, Node, Run, git, git_cmd, run_with_timeout, ssh_command, wait_for};
+use crate::support::{
+    App, Node, Run, git, git_cmd, run_with_timeout, slow_main_py, ssh_command, wait_for,
+};
 
 /// The sha a branch has on the node, as `git ls-remote` reports it.
 fn remote_sha(node: &Node, key: &Path, site: &str, branch: &str) -> Option<String> {
@@ -22,6 +24,20 @@ fn remote_sha(node: &Node, key: &Path, site: &str, branch: &str) -> Option<Strin
     );
     r.success();
     r.stdout.split_whitespace().next().map(str::to_string)
+}
+
+/// An app with one commit, pushed to `blog` through the `toppcloud` remote.
+fn pushed_blog(node: &Node, key: &Path, body: &str) -> App {
+    let app = App::plain("blog", 1, body);
+    app.git_init(key);
+    git(
+        &app.path,
+        key,
+        &["remote", "add", "toppcloud", &node.ssh_url("blog")],
+    )
+    .success();
+    git(&app.path, key, &["push", "toppcloud", "main"]).success();
+    app
 }
 
 fn ssh(node: &Node, key: &Path, extra: &[&str], command: Option<&str>) -> Run {
@@ -147,15 +163,7 @@ fn bad_site_paths_are_refused() {
 fn a_failed_deploy_rejects_the_push_and_keeps_everything() {
     let node = Node::start();
     let key = node.authorized_key("laptop");
-    let app = App::plain("blog", 1, "good\n");
-    app.git_init(&key);
-    git(
-        &app.path,
-        &key,
-        &["remote", "add", "toppcloud", &node.ssh_url("blog")],
-    )
-    .success();
-    git(&app.path, &key, &["push", "toppcloud", "main"]).success();
+    let app = pushed_blog(&node, &key, "good\n");
     let good = app.head(&key);
 
     app.file("main.py", "import no_such_module_anywhere\n")
@@ -176,15 +184,7 @@ fn a_failed_deploy_rejects_the_push_and_keeps_everything() {
 fn other_branches_and_tags_are_stored_not_deployed() {
     let node = Node::start();
     let key = node.authorized_key("laptop");
-    let app = App::plain("blog", 1, "main\n");
-    app.git_init(&key);
-    git(
-        &app.path,
-        &key,
-        &["remote", "add", "toppcloud", &node.ssh_url("blog")],
-    )
-    .success();
-    git(&app.path, &key, &["push", "toppcloud", "main"]).success();
+    let app = pushed_blog(&node, &key, "main\n");
 
     git(&app.path, &key, &["checkout", "-q", "-b", "feature"]).success();
     app.set_plain("blog", 1, "feature\n")
@@ -410,13 +410,7 @@ fn two_pushes_to_one_site_take_turns_and_agree_with_the_branch() {
     git(tmp.path(), &key, &["clone", "-q", &url, "a"]).success();
     git(tmp.path(), &key, &["clone", "-q", &url, "b"]).success();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    std::fs::write(
-        a.join("main.py"),
-        "import time\ntime.sleep(2)\n\
-         def application(environ, start_response):\n    \
-         start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'from a\\n']\n",
-    )
-    .expect("write");
+    std::fs::write(a.join("main.py"), slow_main_py(2, "from a\n")).expect("write");
     std::fs::write(
         b.join("main.py"),
         "def application(environ, start_response):\n    \
@@ -454,13 +448,8 @@ fn a_pusher_that_disconnects_mid_build_still_gets_a_consistent_site() {
     app.git_init(&key);
     git(&app.path, &key, &["push", &node.ssh_url("blog"), "main"]).success();
 
-    app.file(
-        "main.py",
-        "import time\ntime.sleep(3)\n\
-         def application(environ, start_response):\n    \
-         start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'after\\n']\n",
-    )
-    .commit(&key, "slow");
+    app.file("main.py", &slow_main_py(3, "after\n"))
+        .commit(&key, "slow");
     let new = app.head(&key);
     let mut cmd = git_cmd(&app.path, &key, &["push", &node.ssh_url("blog"), "main"]);
     use std::os::unix::process::CommandExt;
@@ -512,12 +501,7 @@ fn a_silent_build_keeps_the_connection() {
     let node = Node::start();
     let key = node.authorized_key("laptop");
     let app = App::plain("quiet", 1, "");
-    app.file(
-        "main.py",
-        "import time\ntime.sleep(6)\n\
-         def application(environ, start_response):\n    \
-         start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'patient\\n']\n",
-    );
+    app.file("main.py", &slow_main_py(6, "patient\n"));
     app.git_init(&key);
     let mut cmd = git_cmd(&app.path, &key, &["push", &node.ssh_url("quiet"), "main"]);
     // A client that gives up on a server silent for 2 s (3 missed probes)

@@ -153,6 +153,16 @@ impl Run {
     }
 }
 
+/// A main.py whose import takes `secs` seconds, then answers `body`.
+pub fn slow_main_py(secs: u32, body: &str) -> String {
+    format!(
+        "import time\ntime.sleep({secs})\n\
+         def application(environ, start_response):\n    \
+         start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+         return [{body:?}.encode()]\n"
+    )
+}
+
 /// A directory holding an app, written file by file.
 pub struct App {
     _dir: tempfile::TempDir,

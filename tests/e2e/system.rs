@@ -144,7 +144,7 @@ fn system_mode_restores_the_old_file_when_the_config_test_fails() {
     std::fs::write(
         &config,
         format!(
-            "data_dir = {:?}\n{}",
+            "data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[ssh]\nlisten = \"127.0.0.1:0\"\n{}",
             node_dir.path().join("data"),
             system.node_config(port)
         ),
