@@ -210,7 +210,7 @@ mod tests {
         n.key = Some("/home/me/my keys/id".into());
         assert_eq!(
             n.ssh_command(),
-            "ssh -p 2201 -i '/home/me/my keys/id' -o IdentitiesOnly=yes"
+            "ssh -p 2201 -i '/home/me/my keys/id' -o 'IdentitiesOnly=yes'"
         );
     }
 }
