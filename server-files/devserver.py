@@ -176,6 +176,26 @@ def _plain(start_response, status, text, extra=(), ctype="text/plain; charset=ut
     return [body]
 
 
+class ShowErrors:
+    """An exception from the app answers 500 with its traceback (on a node,
+    Apache's plain 500 page; here, what a developer needs to see)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        try:
+            return self.app(environ, start_response)
+        except Exception:
+            text = _app_traceback()
+            sys.stderr.write(text)
+            body = text.encode("utf-8", "replace")
+            start_response("500 Internal Server Error", [
+                ("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))],
+                sys.exc_info())
+            return [body]
+
+
 def _app_traceback():
     """The traceback of the exception being handled, without the frames of
     this server and of importlib: what is left is the app's."""
@@ -248,7 +268,7 @@ def main():
             app = error_app("The app failed to load:\n\n%s" % text)
 
     server = DevServer(sock)
-    server.set_app(Static(app, app_dir))
+    server.set_app(Static(ShowErrors(app), app_dir))
     server.serve_forever()
 
 

@@ -60,12 +60,13 @@ enum Command {
         config: bool,
     },
     /// Run an app on this machine as a node would, reloading on every change.
-    #[command(after_help = "Example:\n  \
+    #[command(after_help = "Examples:\n  \
         toppcloud serve blog              # http://127.0.0.1:8000/\n  \
         toppcloud serve blog --port 8001\n\n\
-        Files under static/ are served before the app, as on a node. The app gets\n\
-        SITE and CANONICAL_HOST (the host:port served on) and TOPPCLOUD=devel/VERSION,\n\
-        and runs on the app's .venv/bin/python if there is one, else on /usr/bin/python3.")]
+        The app restarts when one of its files changes. Files under static/ are\n\
+        served before the app, as on a node. The app gets SITE and CANONICAL_HOST\n\
+        (the host:port served on) and TOPPCLOUD=devel/VERSION, and runs on the\n\
+        app's .venv/bin/python if there is one, else on /usr/bin/python3.")]
     Serve {
         /// The app directory (with its app.ini).
         dir: PathBuf,

@@ -302,10 +302,10 @@ impl AppProcess {
         match runner {
             Ok(spec) => {
                 let json = serde_json::to_string(&spec).context("cannot encode the runner")?;
-                cmd.arg("--runner").arg(json);
+                cmd.arg(format!("--runner={json}"));
             }
             Err(e) => {
-                cmd.arg("--error").arg(format!("{e:#}\n"));
+                cmd.arg(format!("--error={e:#}\n"));
             }
         }
         cmd.current_dir(&self.root)
