@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::{Duration, SystemTime};
@@ -68,8 +69,8 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         .local_addr()
         .context("cannot read the listening address")?;
     let host_port = host_port(&opts.host, addr);
-    let files = ServerFiles::write()?;
     check_python(&root)?;
+    let files = ServerFiles::write()?;
 
     let mut sigint = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
     let mut sigterm = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
@@ -96,7 +97,8 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
             _ = sighup.recv() => break,
             status = wait(&mut child) => {
                 child = None;
-                if killed_by_signal(&status) {
+                let signalled = status.as_ref().is_ok_and(|s| s.signal().is_some());
+                if signalled {
                     // Ctrl-C or a signal sent to the whole process group
                     // reached the app first; ours is on its way.
                     tokio::select! {
@@ -106,7 +108,11 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
                         _ = tokio::time::sleep(Duration::from_millis(300)) => {}
                     }
                 }
-                eprintln!("the app stopped ({status}); it restarts when a file changes");
+                let how = match status {
+                    Ok(s) => s.to_string(),
+                    Err(e) => format!("cannot wait for it: {e}"),
+                };
+                eprintln!("the app stopped ({how}); it restarts when a file changes");
             }
             _ = tick.tick() => {
                 let now = take_snapshot(root.clone()).await;
@@ -344,27 +350,11 @@ impl AppProcess {
 }
 
 /// Waits for the app process to end; never returns while there is none.
-async fn wait(child: &mut Option<Child>) -> String {
+async fn wait(child: &mut Option<Child>) -> std::io::Result<ExitStatus> {
     match child {
-        Some(c) => match c.wait().await {
-            Ok(status) => describe_status(status),
-            Err(e) => format!("cannot wait for it: {e}"),
-        },
+        Some(c) => c.wait().await,
         None => std::future::pending().await,
     }
-}
-
-fn describe_status(status: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit status {code}"),
-        (None, Some(sig)) => format!("signal {sig}"),
-        _ => status.to_string(),
-    }
-}
-
-fn killed_by_signal(description: &str) -> bool {
-    description.starts_with("signal ")
 }
 
 /// SIGTERM, then SIGKILL if the process is still there after a grace period.

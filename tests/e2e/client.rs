@@ -370,3 +370,23 @@ fn help_shows_examples() {
         .stdout_has("toppcloud serve blog")
         .stdout_has("--port");
 }
+
+#[test]
+fn an_app_that_exits_comes_back_on_the_next_change() {
+    let app = App::plain("quitter", 1, "first");
+    let serve = Serve::start(&app.path);
+    serve.wait_for_body("/", "first");
+    app.file("main.py", "import os\nos._exit(3)\n");
+    crate::support::wait_for(
+        "serve to notice the app exited",
+        Duration::from_secs(30),
+        || {
+            serve
+                .log()
+                .contains("the app stopped (exit status: 3); it restarts when a file changes")
+                .then_some(())
+        },
+    );
+    app.file("main.py", &env_app("'back again'"));
+    serve.wait_for_body("/", "back again");
+}
