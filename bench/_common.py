@@ -9,6 +9,10 @@
 - get(), wait_body(): plain HTTP/1.1 requests to the node's Apache on
   127.0.0.1 with a Host header.
 - percentile(), median(), ms(): the statistics the scripts print.
+- run_lines(), run_streams(): run a command, keeping each output line with
+  the time it was read (run_streams keeps stdout and stderr apart).
+- ensure_sshd(), Sshd: a private OpenSSH server on loopback (as bench/push
+  sets it up), for comparisons with plain ssh transports.
 """
 
 import ctypes
@@ -581,3 +585,163 @@ def free_port():
     with socket.socket() as s:
         s.bind((LOOPBACK, 0))
         return s.getsockname()[1]
+
+
+def run_streams(cmd, timeout, cwd=None, env=None):
+    """Like run_lines, but keeps stdout and stderr apart: each line is kept
+    as (perf_counter() time, "out" or "err", text). Returns a DeployResult
+    whose `lines` are (time, text) for both streams, in the order read,
+    and whose `streams` are the tagged lines (returncode None if killed)."""
+    t0 = time.perf_counter()
+    p = subprocess.Popen(cmd, cwd=cwd, env=env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    timer = threading.Timer(timeout, p.kill)
+    timer.start()
+    tagged, lock = [], threading.Lock()
+
+    def reader(pipe, tag):
+        for raw in pipe:
+            t = time.perf_counter()
+            text = raw.decode(errors="replace").rstrip()
+            if text.strip():
+                with lock:
+                    tagged.append((t, tag, text))
+
+    threads = [threading.Thread(target=reader, args=(p.stdout, "out"), daemon=True),
+               threading.Thread(target=reader, args=(p.stderr, "err"), daemon=True)]
+    try:
+        for th in threads:
+            th.start()
+        rc = p.wait()
+        t1 = time.perf_counter()
+        for th in threads:
+            th.join(timeout=10)
+    finally:
+        timed_out = not timer.is_alive()
+        timer.cancel()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        p.stdout.close()
+        p.stderr.close()
+    if timed_out and rc != 0:
+        rc = None
+        tagged.append((t1, "err", f"(killed: no exit within {timeout:.0f} s)"))
+    tagged.sort(key=lambda x: x[0])
+    res = DeployResult(t0, t1, rc, [(t, text) for t, _, text in tagged])
+    res.streams = tagged
+    return res
+
+
+# --- a private OpenSSH server (the same setup as bench/push's) ------------------
+
+SSHD = "/usr/sbin/sshd"
+
+
+def ensure_sshd():
+    """Returns None if /usr/sbin/sshd is there (installing openssh-server
+    with apt-get if need be, as root), else why an OpenSSH comparison is
+    skipped."""
+    if os.access(SSHD, os.X_OK):
+        return None
+    if os.geteuid() != 0:
+        return f"{SSHD} is missing and installing openssh-server needs root"
+    log("installing openssh-server (apt-get) ...")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    cmd = ["apt-get", "install", "-y", "-q", "--no-install-recommends",
+           "openssh-server"]
+    for attempt in (1, 2):
+        try:
+            r = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL,
+                               capture_output=True, text=True, timeout=600)
+        except subprocess.TimeoutExpired:
+            return "apt-get install openssh-server took over 600 s"
+        if r.returncode == 0 and os.access(SSHD, os.X_OK):
+            return None
+        if attempt == 1:  # stale package lists: refresh once
+            subprocess.run(["apt-get", "update", "-q"], env=env,
+                           stdin=subprocess.DEVNULL, capture_output=True,
+                           timeout=600)
+    return ("apt-get install openssh-server failed: "
+            + (r.stderr or r.stdout).strip()[-300:])
+
+
+class Sshd:
+    """A private `sshd -D` on a free loopback port, its host key,
+    authorized_keys (client_pub), config, log and pid file in DIR/sshd;
+    a context manager that kills it (by its pid) on exit. UsePAM no,
+    StrictModes no, public keys only."""
+
+    def __init__(self, tmp, client_pub):
+        self.dir = os.path.join(tmp, "sshd")
+        os.makedirs(self.dir)
+        self.proc = None
+        self.client_pub = client_pub
+
+    def __enter__(self):
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+        return False
+
+    def start(self):
+        import socket
+        d = self.dir
+        host_key = ssh_keygen(os.path.join(d, "host_ed25519"))
+        shutil.copy(self.client_pub, os.path.join(d, "authorized_keys"))
+        os.makedirs("/run/sshd", mode=0o755, exist_ok=True)  # privsep dir
+        self.port = free_port()
+        self.conf = os.path.join(d, "sshd_config")
+        self.log_path = os.path.join(d, "sshd.log")
+        with open(self.conf, "w") as f:
+            f.write(f"ListenAddress {LOOPBACK}:{self.port}\n"
+                    f"HostKey {host_key}\n"
+                    f"PidFile {d}/sshd.pid\n"
+                    f"AuthorizedKeysFile {d}/authorized_keys\n"
+                    "UsePAM no\nStrictModes no\nPasswordAuthentication no\n"
+                    "KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n"
+                    "PermitRootLogin prohibit-password\nLogLevel INFO\n")
+        # -D: stays in the foreground as our child, so we can kill it by pid.
+        self.proc = subprocess.Popen(
+            [SSHD, "-D", "-f", self.conf, "-E", self.log_path],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL, preexec_fn=_child_dies_with_parent)
+        end = time.monotonic() + 15
+        while True:
+            if self.proc.poll() is not None:
+                raise BenchError(f"sshd exited {self.proc.returncode}:\n"
+                                 + self.log_tail())
+            try:
+                socket.create_connection((LOOPBACK, self.port), 1).close()
+                break
+            except OSError:
+                pass
+            if time.monotonic() >= end:
+                raise BenchError("sshd does not accept connections within "
+                                 "15 s:\n" + self.log_tail())
+            time.sleep(0.05)
+
+    def log_tail(self, n=10):
+        try:
+            with open(self.log_path) as f:
+                return "\n".join(f.read().splitlines()[-n:])
+        except OSError:
+            return "(no sshd log)"
+
+    def stop(self):
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        self.proc = None

@@ -4,7 +4,6 @@
 # the pointer it becomes that release, for the rest of the daemon's life. The
 # node retires a slot by clearing the pointer and signalling the daemon, so a
 # recycled slot can never come back as the release it used to be.
-import functools
 import importlib.util
 import os
 import site
@@ -26,40 +25,19 @@ _app = None
 _release = None  # "<site> <id>", the release this daemon became
 
 
-class LoadError(Exception):
-    pass
-
-
-def _not_found(environ, start_response):
-    start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
-    return [b"Not Found\n"]
-
-
-def _python_app(app_dir, runner):
-    path = os.path.join(app_dir, runner["file"])
-    name = os.path.splitext(os.path.basename(path))[0]
-    # A runner below a subdirectory imports its siblings the way `python
-    # sub/file.py` would.
-    sub = os.path.dirname(path)
-    if sub != app_dir:
-        sys.path.insert(1, sub)
-    spec = importlib.util.spec_from_file_location(name, path)
+def _import_runner():
+    """runner.py, written next to this file by the node: how app.ini's runner
+    becomes a WSGI callable (shared with `toppcloud serve`). Imported by path
+    under a private name so that an app's own `runner` module still works."""
+    spec = importlib.util.spec_from_file_location("_toppcloud_runner", os.path.join(_SHARE, "runner.py"))
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
-    try:
-        return functools.reduce(getattr, runner["object"].split("."), module)
-    except AttributeError:
-        raise LoadError("%s defines no %r (app.ini runner)" % (runner["file"], runner["object"]))
+    return module
 
 
-def _paste_app(app_dir, runner):
-    try:
-        from paste.deploy import loadapp
-    except ImportError:
-        raise LoadError("runner %s needs PasteDeploy: add it to requirements.txt" % runner["file"])
-    path = os.path.join(app_dir, runner["file"])
-    return loadapp("config:" + path, name=runner.get("section") or None, global_conf=dict(os.environ))
+_runner = _import_runner()
+LoadError = _runner.LoadError
 
 
 def _load():
@@ -87,16 +65,7 @@ def _load():
     os.environ["PATH"] = os.path.join(venv, "bin") + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
     os.environ.update(meta.get("env", {}))
     os.chdir(app_dir)
-    runner = meta["runner"]
-    kind = runner["kind"]
-    if kind == "python":
-        app = _python_app(app_dir, runner)
-    elif kind == "paste":
-        app = _paste_app(app_dir, runner)
-    elif kind == "static":
-        app = _not_found
-    else:
-        raise LoadError("unknown runner kind %r" % kind)
+    app = _runner.load_app(app_dir, meta["runner"])
     _release = "%s %s" % (meta["site"], meta["id"])
     _app = app
     print("toppcloud: slot %s (pid %d) loaded %s" % (_SLOT, os.getpid(), _release), file=sys.stderr)

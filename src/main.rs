@@ -11,6 +11,7 @@ mod control;
 mod engine;
 mod git;
 mod http;
+mod init;
 mod layout;
 mod names;
 mod node;
@@ -18,6 +19,7 @@ mod process;
 mod progress;
 mod push;
 mod release;
+mod serve;
 mod site_state;
 mod ssh;
 mod update;
@@ -45,6 +47,39 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Create a new app directory: app.ini, a WSGI app, static/ and a .venv.
+    #[command(after_help = "Examples:\n  \
+        toppcloud init blog            # main.py with a WSGI `application`\n  \
+        toppcloud init --config blog   # a Paste Deploy config.ini (and PasteDeploy in requirements.txt)\n\n\
+        Existing files are never overwritten: init refuses, naming them, and writes nothing.")]
+    Init {
+        /// The directory to create (or an existing one without these files).
+        dir: PathBuf,
+        /// A plain WSGI app: main.py with `application` (the default).
+        #[arg(long, conflicts_with = "config")]
+        main: bool,
+        /// A Paste Deploy app: config.ini with [app:main] and the module it names.
+        #[arg(long)]
+        config: bool,
+    },
+    /// Run an app on this machine as a node would, reloading on every change.
+    #[command(after_help = "Examples:\n  \
+        toppcloud serve blog              # http://127.0.0.1:8000/\n  \
+        toppcloud serve blog --port 8001\n\n\
+        The app restarts when one of its files changes. Files under static/ are\n\
+        served before the app, as on a node. The app gets SITE and CANONICAL_HOST\n\
+        (the host:port served on) and TOPPCLOUD=devel/VERSION, and runs on the\n\
+        app's .venv/bin/python if there is one, else on /usr/bin/python3.")]
+    Serve {
+        /// The app directory (with its app.ini).
+        dir: PathBuf,
+        /// The port to listen on.
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+    },
     /// Run or talk to a node (the server side).
     #[command(subcommand)]
     Node(NodeCommand),
@@ -241,6 +276,17 @@ async fn run(cli: Cli) -> Result<()> {
             let cfg = client::ClientConfig::load(&client::config_path()?)?;
             let node = cfg.node(node.as_deref())?;
             update::add_remote(site.as_deref(), &node)
+        }
+        Command::Init { dir, config, .. } => init::run(
+            &dir,
+            if config {
+                init::Template::Config
+            } else {
+                init::Template::Main
+            },
+        ),
+        Command::Serve { dir, port, host } => {
+            serve::run(serve::ServeOptions { dir, host, port }).await
         }
     }
 }

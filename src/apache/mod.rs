@@ -22,6 +22,8 @@ use crate::process::run_captured;
 const HTTPD_CONF: &str = include_str!("../../server-files/apache/httpd.conf.in");
 const SITES_CONF: &str = include_str!("../../server-files/apache/sites.conf.in");
 const SHIM: &str = include_str!("../../server-files/shim.wsgi");
+/// Imported by the shim from its own directory (and shared with `toppcloud serve`).
+const RUNNER: &str = include_str!("../../server-files/runner.py");
 const NOT_FOUND: &str = include_str!("../../server-files/errors/404.html");
 
 const INSTALL_HINT: &str =
@@ -198,6 +200,7 @@ impl Apache {
         let share = self.layout.share_dir();
         std::fs::create_dir_all(share.join("errors"))
             .with_context(|| format!("cannot create {}", share.display()))?;
+        routes::write_atomic(&share.join("runner.py"), RUNNER.as_bytes())?;
         routes::write_atomic(&share.join("shim.wsgi"), SHIM.as_bytes())?;
         routes::write_atomic(&share.join("errors/404.html"), NOT_FOUND.as_bytes())?;
         if !self.layout.routes_map().exists() {

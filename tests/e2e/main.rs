@@ -5,6 +5,7 @@
 
 mod support;
 
+mod client;
 mod crash;
 mod deploy;
 mod failures;

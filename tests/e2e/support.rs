@@ -551,3 +551,180 @@ fn merge_toml(base: &str, extra: &str) -> String {
     }
     toml::to_string(&doc).expect("toml")
 }
+
+// ---- The laptop side: `toppcloud init` and `toppcloud serve` ----
+
+/// A loopback port that was free a moment ago (bound to port 0, released).
+pub fn free_loopback_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// The toppcloud binary with the suite's uv cache, so venvs made by `init`
+/// reuse what the other tests downloaded.
+pub fn toppcloud_cmd() -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.env("UV_CACHE_DIR", uv_cache());
+    cmd
+}
+
+/// `toppcloud ARGS...` run to completion under a deadline.
+pub fn toppcloud(args: &[&std::ffi::OsStr]) -> Run {
+    let mut cmd = toppcloud_cmd();
+    cmd.args(args);
+    let what = format!(
+        "toppcloud {}",
+        args.iter()
+            .map(|a| a.to_string_lossy())
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    Run::from(what, run_with_timeout(cmd, Duration::from_secs(240)))
+}
+
+/// One answer fetched with the real curl.
+#[derive(Debug)]
+pub struct Http {
+    /// 0 when nothing answered.
+    pub code: u16,
+    pub body: String,
+    /// Where a redirect points (curl's %{redirect_url}), else empty.
+    pub location: String,
+}
+
+/// GET `url` with curl, the path sent as written (no `..` squashing);
+/// `resolve` is curl's `--resolve HOST:PORT:ADDR`.
+pub fn curl(url: &str, resolve: Option<&str>) -> Http {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "--path-as-is",
+        "--max-time",
+        "20",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code} %{redirect_url}",
+    ]);
+    if let Some(r) = resolve {
+        cmd.arg("--resolve").arg(r);
+    }
+    cmd.arg(url);
+    let out = run_with_timeout(cmd, Duration::from_secs(30));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, last) = text.rsplit_once('\n').unwrap_or(("", "0 "));
+    let (code, location) = last.split_once(' ').unwrap_or((last, ""));
+    Http {
+        code: code.trim().parse().unwrap_or(0),
+        body: body.to_string(),
+        location: location.trim().to_string(),
+    }
+}
+
+/// `toppcloud serve DIR --port P` in its own process group, its output in a
+/// log file; the whole group (the Python server too) is killed on drop.
+pub struct Serve {
+    child: Child,
+    pub port: u16,
+    _logs: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Serve {
+    /// Starts serving `dir` and waits until it answers.
+    pub fn start(dir: &Path) -> Serve {
+        let logs = tempfile::tempdir().expect("tempdir");
+        let log = logs.path().join("serve.log");
+        let file = std::fs::File::create(&log).expect("log");
+        let port = free_loopback_port();
+        use std::os::unix::process::CommandExt;
+        let child = toppcloud_cmd()
+            .arg("serve")
+            .arg(dir)
+            .args(["--port", &port.to_string()])
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().expect("log"))
+            .stderr(file)
+            .spawn()
+            .expect("spawn toppcloud serve");
+        let mut serve = Serve {
+            child,
+            port,
+            _logs: logs,
+            log,
+        };
+        wait_for("toppcloud serve to answer", Duration::from_secs(60), || {
+            if let Ok(Some(status)) = serve.child.try_wait() {
+                panic!("toppcloud serve exited early ({status}):\n{}", serve.log());
+            }
+            (serve.get("/robots.txt").code != 0).then_some(())
+        });
+        serve
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    pub fn get(&self, path: &str) -> Http {
+        curl(&self.url(path), None)
+    }
+
+    /// Polls `path` until its body contains `text`; returns that answer.
+    pub fn wait_for_body(&self, path: &str, text: &str) -> Http {
+        let limit = Duration::from_secs(60);
+        let deadline = Instant::now() + limit;
+        loop {
+            let answer = self.get(path);
+            if answer.body.contains(text) {
+                return answer;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {} to contain {text:?}; last answer: {answer:?}",
+                self.url(path)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for serve to exit by itself (after a signal the test sent).
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let child = &mut self.child;
+        wait_for("toppcloud serve to exit", limit, || {
+            child.try_wait().expect("wait")
+        })
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- toppcloud serve log ----\n{}", self.log());
+        }
+        let group = -(self.child.id() as i32);
+        unsafe { libc::kill(group, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Whatever is left of the group, the Python server included.
+        unsafe { libc::kill(group, libc::SIGKILL) };
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
