@@ -109,7 +109,8 @@ fn split_options(line: &str) -> (Option<&str>, &str) {
 
 fn parse_line(line: &str) -> Result<AuthorizedKey> {
     let (options, rest) = split_options(line);
-    let key = PublicKey::from_openssh(rest).map_err(|e| anyhow::anyhow!("not a public key: {e}"))?;
+    let key =
+        PublicKey::from_openssh(rest).map_err(|e| anyhow::anyhow!("not a public key: {e}"))?;
     let name = key.comment().to_string();
     let mut sites = None;
     if let Some(opts) = options {
@@ -121,7 +122,11 @@ fn parse_line(line: &str) -> Result<AuthorizedKey> {
         }
     }
     Ok(AuthorizedKey {
-        name: if name.is_empty() { "unnamed".into() } else { name },
+        name: if name.is_empty() {
+            "unnamed".into()
+        } else {
+            name
+        },
         key,
         sites,
     })
@@ -190,14 +195,18 @@ pub fn render_line(name: &str, key: &PublicKey, sites: Option<&[String]>) -> Res
 mod tests {
     use super::*;
 
-    const KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDCO5zfppmYtqu6BYvmPzcAIytcOfewhJksAo6ohm5AL laptop";
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDCO5zfppmYtqu6BYvmPzcAIytcOfewhJksAo6ohm5AL laptop";
 
     #[test]
     fn parses_plain_and_restricted_lines() {
         let k = parse_line(KEY).unwrap();
         assert_eq!(k.name, "laptop");
         assert!(k.sites.is_none());
-        let k = parse_line(&format!("no-pty,sites=\"blog.example.com,*.example.org\" {KEY}")).unwrap();
+        let k = parse_line(&format!(
+            "no-pty,sites=\"blog.example.com,*.example.org\" {KEY}"
+        ))
+        .unwrap();
         assert_eq!(
             k.sites.unwrap(),
             vec!["blog.example.com".to_string(), "*.example.org".to_string()]
@@ -240,9 +249,9 @@ pub fn add(path: &Path, name: &str, key_text: &str, sites: Option<&[String]>) ->
         .map(str::trim)
         .find(|l| !l.is_empty() && !l.starts_with('#'))
         .context("no public key in the input")?;
-    let key = parse_line(text)
-        .map(|k| k.key)
-        .map_err(|e| anyhow::anyhow!("{e:#} (expected a line like `ssh-ed25519 AAAA... comment`)"))?;
+    let key = parse_line(text).map(|k| k.key).map_err(|e| {
+        anyhow::anyhow!("{e:#} (expected a line like `ssh-ed25519 AAAA... comment`)")
+    })?;
     let existing = load(path)?;
     if existing.iter().any(|k| k.name == name) {
         bail!("a key named {name:?} exists already; remove it first");
@@ -287,8 +296,15 @@ pub fn list(path: &Path) -> Result<Vec<(String, String, String)>> {
     Ok(load(path)?
         .into_iter()
         .map(|k| {
-            let sites = k.sites.map(|s| s.join(",")).unwrap_or_else(|| "all sites".into());
-            (k.name, k.key.fingerprint(HashAlg::Sha256).to_string(), sites)
+            let sites = k
+                .sites
+                .map(|s| s.join(","))
+                .unwrap_or_else(|| "all sites".into());
+            (
+                k.name,
+                k.key.fingerprint(HashAlg::Sha256).to_string(),
+                sites,
+            )
         })
         .collect())
 }

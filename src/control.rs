@@ -146,7 +146,8 @@ async fn handle(stream: UnixStream, state: Arc<State>) -> Result<()> {
                         sha: None,
                     };
                     let d = engine.deploy(req, &progress).await;
-                    d.map(|d| d.summary()).map_err(|e| e.context("deploy failed"))
+                    d.map(|d| d.summary())
+                        .map_err(|e| e.context("deploy failed"))
                 })
             })
             .await?;
@@ -164,9 +165,15 @@ async fn handle(stream: UnixStream, state: Arc<State>) -> Result<()> {
                         updates,
                         quarantine,
                     };
-                    crate::push::pre_receive(&state.engine, &state.pushes, &state.layout, req, &progress)
-                        .await
-                        .map(|()| String::new())
+                    crate::push::pre_receive(
+                        &state.engine,
+                        &state.pushes,
+                        &state.layout,
+                        req,
+                        &progress,
+                    )
+                    .await
+                    .map(|()| String::new())
                 })
             })
             .await?;

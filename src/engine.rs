@@ -252,7 +252,11 @@ impl Engine {
         progress: &Progress,
     ) -> Result<Deployed> {
         if turn.site != req.site {
-            bail!("internal error: holding the turn of {} to deploy {}", turn.site, req.site);
+            bail!(
+                "internal error: holding the turn of {} to deploy {}",
+                turn.site,
+                req.site
+            );
         }
         let started = Instant::now();
         let id = self.next_release(&req.site);

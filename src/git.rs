@@ -159,7 +159,10 @@ mod tests {
         .unwrap();
         let dest = t.path().join("out");
         export(&bare, None, sha.trim(), &dest).unwrap();
-        assert_eq!(std::fs::read_to_string(dest.join("static/a.txt")).unwrap(), "a");
+        assert_eq!(
+            std::fs::read_to_string(dest.join("static/a.txt")).unwrap(),
+            "a"
+        );
         assert!(!bare.join("index").exists());
         assert!(!is_shallow(&bare, None, sha.trim()).unwrap());
     }

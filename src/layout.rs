@@ -46,7 +46,9 @@ impl Layout {
         self.releases_dir(site).join(id.to_string())
     }
     pub fn repo(&self, site: &SiteName) -> PathBuf {
-        self.root.join("repos").join(format!("{}.git", site.as_str()))
+        self.root
+            .join("repos")
+            .join(format!("{}.git", site.as_str()))
     }
     pub fn host_key(&self) -> PathBuf {
         self.root.join("ssh_host_ed25519_key")

@@ -59,8 +59,10 @@ enum HookCommand {
 #[derive(Subcommand)]
 enum KeysCommand {
     /// Authorize a public key to push (all sites, or only --sites).
-    #[command(after_help = "Examples:\n  toppcloud node keys add laptop ~/.ssh/id_ed25519.pub\n  \
-        cat key.pub | toppcloud node keys add ci - --sites blog.example.com,*.example.org")]
+    #[command(
+        after_help = "Examples:\n  toppcloud node keys add laptop ~/.ssh/id_ed25519.pub\n  \
+        cat key.pub | toppcloud node keys add ci - --sites blog.example.com,*.example.org"
+    )]
     Add {
         /// A name for the key, shown in logs and release records.
         name: String,
@@ -193,7 +195,8 @@ fn keys(cmd: KeysCommand) -> Result<()> {
         } => {
             let cfg = flags.resolve()?;
             let text = if keyfile.as_os_str() == "-" {
-                std::io::read_to_string(std::io::stdin()).context("cannot read the key from stdin")?
+                std::io::read_to_string(std::io::stdin())
+                    .context("cannot read the key from stdin")?
             } else {
                 std::fs::read_to_string(&keyfile)
                     .with_context(|| format!("cannot read {}", keyfile.display()))?
@@ -225,7 +228,8 @@ fn keys(cmd: KeysCommand) -> Result<()> {
 /// receive-pack the node started, with the node's token in the environment.
 async fn hook_pre_receive() -> Result<()> {
     let var = |name: &str| {
-        std::env::var(name).with_context(|| format!("{name} is not set: this hook runs inside a toppcloud push"))
+        std::env::var(name)
+            .with_context(|| format!("{name} is not set: this hook runs inside a toppcloud push"))
     };
     let token = var("TOPPCLOUD_PUSH")?;
     let socket = PathBuf::from(var("TOPPCLOUD_CONTROL")?);

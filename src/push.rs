@@ -70,7 +70,10 @@ impl Pushes {
     }
 
     pub fn finish(&self, token: &str) {
-        self.live.lock().unwrap_or_else(|e| e.into_inner()).remove(token);
+        self.live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(token);
     }
 
     fn get(&self, token: &str) -> Option<(SiteName, String, Arc<SiteTurn>)> {
@@ -108,7 +111,10 @@ pub async fn pre_receive(
             let head = crate::git::head_branch(&repo)?;
             // A repository's first push chooses between main and master.
             let first = !crate::git::has_branches(&repo)?;
-            let pushes_head = req.updates.iter().any(|u| u.name == format!("refs/heads/{head}"));
+            let pushes_head = req
+                .updates
+                .iter()
+                .any(|u| u.name == format!("refs/heads/{head}"));
             let master = req.updates.iter().any(|u| u.name == "refs/heads/master");
             if first && !pushes_head && master {
                 crate::git::set_head(&repo, "master")?;
@@ -143,7 +149,8 @@ pub async fn pre_receive(
     let quarantine = req.quarantine.clone();
     let shallow = {
         let (repo, q, sha) = (repo.clone(), quarantine.clone(), sha.clone());
-        tokio::task::spawn_blocking(move || crate::git::is_shallow(&repo, q.as_deref(), &sha)).await??
+        tokio::task::spawn_blocking(move || crate::git::is_shallow(&repo, q.as_deref(), &sha))
+            .await??
     };
     if shallow {
         bail!(
@@ -158,7 +165,8 @@ pub async fn pre_receive(
     std::fs::create_dir_all(layout.tmp_dir())?;
     let exported = {
         let (repo, q, sha, tree) = (repo.clone(), quarantine, sha.clone(), tree.clone());
-        tokio::task::spawn_blocking(move || crate::git::export(&repo, q.as_deref(), &sha, &tree)).await?
+        tokio::task::spawn_blocking(move || crate::git::export(&repo, q.as_deref(), &sha, &tree))
+            .await?
     };
     let result = match exported {
         Ok(()) => {

@@ -126,7 +126,12 @@ enum GitCommand {
 impl Connection {
     /// Accepts the request only to explain the refusal and exit non-zero:
     /// a bare channel failure makes ssh print nothing useful.
-    fn refuse(&mut self, ch: ChannelId, session: &mut Session, message: &str) -> Result<(), russh::Error> {
+    fn refuse(
+        &mut self,
+        ch: ChannelId,
+        session: &mut Session,
+        message: &str,
+    ) -> Result<(), russh::Error> {
         self.channels.remove(&ch);
         session.channel_success(ch)?;
         session.extended_data(ch, 1, format!("toppcloud: {message}\n"))?;
@@ -137,7 +142,8 @@ impl Connection {
 
     /// Parses an exec line into a git command and the site it names.
     fn parse_exec(&self, line: &str) -> Result<(GitCommand, SiteName), String> {
-        let words = shell_words::split(line).map_err(|_| format!("cannot parse command {line:?}"))?;
+        let words =
+            shell_words::split(line).map_err(|_| format!("cannot parse command {line:?}"))?;
         let (cmd, path) = match words.as_slice() {
             [cmd, path] => (cmd.as_str(), path.as_str()),
             _ => return Err(refusal_of(line)),
@@ -200,7 +206,11 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
-    async fn channel_close(&mut self, ch: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
+    async fn channel_close(
+        &mut self,
+        ch: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
         self.channels.remove(&ch);
         Ok(())
     }
@@ -252,8 +262,16 @@ impl russh::server::Handler for Connection {
         session.channel_failure(ch)
     }
 
-    async fn shell_request(&mut self, ch: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
-        let who = self.identity.as_ref().map(|i| i.name.clone()).unwrap_or_default();
+    async fn shell_request(
+        &mut self,
+        ch: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let who = self
+            .identity
+            .as_ref()
+            .map(|i| i.name.clone())
+            .unwrap_or_default();
         self.refuse(
             ch,
             session,
@@ -288,7 +306,10 @@ impl russh::server::Handler for Connection {
         };
         let repo = self.shared.layout.repo(&site);
         // An unknown site and a forbidden one read the same.
-        let not_found = format!("site {site} not found, or this key ({}) may not use it", identity.name);
+        let not_found = format!(
+            "site {site} not found, or this key ({}) may not use it",
+            identity.name
+        );
         if !identity.may_use(&site) {
             tracing::info!(key = %identity.name, site = %site, "refused: key not allowed on site");
             return self.refuse(ch, session, &not_found);
@@ -320,7 +341,11 @@ impl russh::server::Handler for Connection {
         Ok(())
     }
 
-    async fn agent_request(&mut self, _ch: ChannelId, _s: &mut Session) -> Result<bool, Self::Error> {
+    async fn agent_request(
+        &mut self,
+        _ch: ChannelId,
+        _s: &mut Session,
+    ) -> Result<bool, Self::Error> {
         Ok(false)
     }
 }
@@ -364,7 +389,11 @@ impl GitJob {
         let forward = tokio::spawn(async move {
             let mut stderr = stderr;
             while let Some(line) = lines.recv().await {
-                if stderr.write_all(format!("{line}\n").as_bytes()).await.is_err() {
+                if stderr
+                    .write_all(format!("{line}\n").as_bytes())
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -380,7 +409,9 @@ impl GitJob {
             let _ = forward.await;
             let (_, w) = channel.split();
             let mut err = w.make_writer_ext(Some(1));
-            let _ = err.write_all(format!("toppcloud: cannot prepare the repository: {e:#}\n").as_bytes()).await;
+            let _ = err
+                .write_all(format!("toppcloud: cannot prepare the repository: {e:#}\n").as_bytes())
+                .await;
             let _ = w.exit_status(1).await;
             let _ = w.eof().await;
             let _ = w.close().await;
@@ -389,10 +420,10 @@ impl GitJob {
         let turn = self.shared.engine.turn(&self.site, &progress).await;
         drop(progress);
         let _ = forward.await;
-        let token = self
-            .shared
-            .pushes
-            .register(self.site.clone(), self.identity.name.clone(), turn);
+        let token =
+            self.shared
+                .pushes
+                .register(self.site.clone(), self.identity.name.clone(), turn);
         let mut cmd = self.git("git-receive-pack");
         cmd.env("TOPPCLOUD_PUSH", &token)
             .env("TOPPCLOUD_CONTROL", self.shared.layout.control_socket())
@@ -411,7 +442,11 @@ impl GitJob {
 /// output is drained to nowhere and it runs to its end, so a push whose
 /// pack arrived completes (deploy and branch together) or, if the pack did
 /// not arrive, fails in git before anything is deployed.
-async fn pump(mut cmd: tokio::process::Command, channel: Channel<Msg>, cancel: CancellationToken) -> Result<()> {
+async fn pump(
+    mut cmd: tokio::process::Command,
+    channel: Channel<Msg>,
+    cancel: CancellationToken,
+) -> Result<()> {
     let mut child = cmd.spawn().context("cannot start git")?;
     let (mut read_half, write_half) = channel.split();
     let mut stdin = child.stdin.take().context("no stdin")?;
@@ -422,8 +457,16 @@ async fn pump(mut cmd: tokio::process::Command, channel: Channel<Msg>, cancel: C
         let _ = tokio::io::copy(&mut reader, &mut stdin).await;
         // Dropping stdin tells git the client sent everything.
     });
-    let out = tokio::spawn(copy_or_drain(stdout, write_half.make_writer(), cancel.clone()));
-    let err = tokio::spawn(copy_or_drain(stderr, write_half.make_writer_ext(Some(1)), cancel.clone()));
+    let out = tokio::spawn(copy_or_drain(
+        stdout,
+        write_half.make_writer(),
+        cancel.clone(),
+    ));
+    let err = tokio::spawn(copy_or_drain(
+        stderr,
+        write_half.make_writer_ext(Some(1)),
+        cancel.clone(),
+    ));
     let status = child.wait().await.context("waiting for git")?;
     let _ = out.await;
     let _ = err.await;
