@@ -191,56 +191,6 @@ pub fn render_line(name: &str, key: &PublicKey, sites: Option<&[String]>) -> Res
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const KEY: &str =
-        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDCO5zfppmYtqu6BYvmPzcAIytcOfewhJksAo6ohm5AL laptop";
-
-    #[test]
-    fn parses_plain_and_restricted_lines() {
-        let k = parse_line(KEY).unwrap();
-        assert_eq!(k.name, "laptop");
-        assert!(k.sites.is_none());
-        let k = parse_line(&format!(
-            "no-pty,sites=\"blog.example.com,*.example.org\" {KEY}"
-        ))
-        .unwrap();
-        assert_eq!(
-            k.sites.unwrap(),
-            vec!["blog.example.com".to_string(), "*.example.org".to_string()]
-        );
-    }
-
-    #[test]
-    fn patterns_match_sites() {
-        assert!(site_matches("blog.example.com", "blog.example.com"));
-        assert!(site_matches("*.example.org", "a.example.org"));
-        assert!(!site_matches("*.example.org", "example.org"));
-        assert!(!site_matches("*.example.org", "aexample.org"));
-        assert!(!site_matches("blog.example.com", "blog.example.com.evil"));
-    }
-
-    #[test]
-    fn cli_patterns_are_validated() {
-        assert_eq!(
-            parse_patterns("blog,*.example.org", "localhost").unwrap(),
-            vec!["blog.localhost", "*.example.org"]
-        );
-        assert!(parse_patterns("../x", "localhost").is_err());
-    }
-
-    #[test]
-    fn render_round_trips() {
-        let k = parse_line(KEY).unwrap();
-        let line = render_line("work", &k.key, Some(&["blog.localhost".into()])).unwrap();
-        let back = parse_line(&line).unwrap();
-        assert_eq!(back.name, "work");
-        assert_eq!(back.sites.unwrap(), vec!["blog.localhost"]);
-    }
-}
-
 /// `toppcloud node keys add`: appends a named key, refusing duplicates.
 pub fn add(path: &Path, name: &str, key_text: &str, sites: Option<&[String]>) -> Result<String> {
     validate_name(name)?;
@@ -317,4 +267,54 @@ fn write_private(path: &Path, text: &str) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
         .with_context(|| format!("cannot chmod {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str =
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIDCO5zfppmYtqu6BYvmPzcAIytcOfewhJksAo6ohm5AL laptop";
+
+    #[test]
+    fn parses_plain_and_restricted_lines() {
+        let k = parse_line(KEY).unwrap();
+        assert_eq!(k.name, "laptop");
+        assert!(k.sites.is_none());
+        let k = parse_line(&format!(
+            "no-pty,sites=\"blog.example.com,*.example.org\" {KEY}"
+        ))
+        .unwrap();
+        assert_eq!(
+            k.sites.unwrap(),
+            vec!["blog.example.com".to_string(), "*.example.org".to_string()]
+        );
+    }
+
+    #[test]
+    fn patterns_match_sites() {
+        assert!(site_matches("blog.example.com", "blog.example.com"));
+        assert!(site_matches("*.example.org", "a.example.org"));
+        assert!(!site_matches("*.example.org", "example.org"));
+        assert!(!site_matches("*.example.org", "aexample.org"));
+        assert!(!site_matches("blog.example.com", "blog.example.com.evil"));
+    }
+
+    #[test]
+    fn cli_patterns_are_validated() {
+        assert_eq!(
+            parse_patterns("blog,*.example.org", "localhost").unwrap(),
+            vec!["blog.localhost", "*.example.org"]
+        );
+        assert!(parse_patterns("../x", "localhost").is_err());
+    }
+
+    #[test]
+    fn render_round_trips() {
+        let k = parse_line(KEY).unwrap();
+        let line = render_line("work", &k.key, Some(&["blog.localhost".into()])).unwrap();
+        let back = parse_line(&line).unwrap();
+        assert_eq!(back.name, "work");
+        assert_eq!(back.sites.unwrap(), vec!["blog.localhost"]);
+    }
 }
