@@ -7,6 +7,7 @@ mod app_ini;
 mod build;
 mod config;
 mod control;
+mod deploys;
 mod engine;
 mod git;
 mod http;
@@ -19,6 +20,8 @@ mod push;
 mod release;
 mod site_state;
 mod ssh;
+mod upstream;
+mod webhook;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

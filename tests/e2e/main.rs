@@ -11,3 +11,4 @@ mod failures;
 mod node;
 mod runners;
 mod system;
+mod webhook;
