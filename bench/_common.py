@@ -231,8 +231,12 @@ class Node:
     """
 
     def __init__(self, binary, ready_timeout=60.0, stop_timeout=60.0,
-                 keep_tmp=False):
+                 keep_tmp=False, extra_http="", extra_config=""):
+        """extra_http: lines added to the config's [http] table;
+        extra_config: TOML appended after the last table ([sites.*])."""
         self.binary = binary
+        self.extra_http = extra_http
+        self.extra_config = extra_config
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self.keep_tmp = keep_tmp
@@ -269,8 +273,12 @@ class Node:
                 f'data_dir = "{self.data_dir}"\n'
                 'domain = "localhost"\n'
                 '[http]\nlisten = "127.0.0.1:0"\n'
+                f'{self.extra_http}'
                 '[apache]\nlisten = "127.0.0.1:0"\n'
+                # A free port: a dev node or another bench may hold 2222.
+                '[ssh]\nlisten = "127.0.0.1:0"\n'
                 f'[build]\nkeep_releases = 5\nuv_cache_dir = "{uv_cache}"\n'
+                f'{self.extra_config}'
             )
         self.log_path = os.path.join(self.tmp, "node.log")
         self._log = open(self.log_path, "wb")
