@@ -235,10 +235,16 @@ class Node:
     """
 
     def __init__(self, binary, ready_timeout=60.0, stop_timeout=60.0,
-                 keep_tmp=False, ssh=False, apache_slots=None):
+                 keep_tmp=False, ssh=False, apache_slots=None,
+                 extra_http="", extra_config=""):
+        """extra_http: lines added to the config's [http] table;
+        extra_config: TOML appended after the last table ([sites.*]).
+        The node always listens for ssh on a free loopback port (a dev node
+        or another bench may hold 2222); ssh=True also requires node.ready to
+        name it (node.ssh_port). apache_slots sets [apache] slots."""
         self.binary = binary
-        # ssh=True adds `[ssh] listen = "127.0.0.1:0"` (node.ssh_port);
-        # apache_slots sets [apache] slots. Defaults: the config as before.
+        self.extra_http = extra_http
+        self.extra_config = extra_config
         self.ssh = ssh
         self.apache_slots = apache_slots
         self.ssh_addr = self.ssh_port = None
@@ -278,11 +284,13 @@ class Node:
                 f'data_dir = "{self.data_dir}"\n'
                 'domain = "localhost"\n'
                 '[http]\nlisten = "127.0.0.1:0"\n'
+                f'{self.extra_http}'
                 '[apache]\nlisten = "127.0.0.1:0"\n'
                 + (f'slots = {int(self.apache_slots)}\n'
                    if self.apache_slots else '')
+                + '[ssh]\nlisten = "127.0.0.1:0"\n'
                 + f'[build]\nkeep_releases = 5\nuv_cache_dir = "{uv_cache}"\n'
-                + ('[ssh]\nlisten = "127.0.0.1:0"\n' if self.ssh else '')
+                + f'{self.extra_config}'
             )
         self.log_path = os.path.join(self.tmp, "node.log")
         self._log = open(self.log_path, "wb")

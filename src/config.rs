@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
+use crate::names::SiteName;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
@@ -47,13 +49,61 @@ pub struct SiteConfig {
     /// The branch whose pushes deploy; default: the repository's HEAD
     /// (`main`, or `master` for a repository that pushed only that).
     pub branch: Option<String>,
+    /// Where webhooks and `POST /sites/{site}/deploy` fetch the branch
+    /// from: any URL the git CLI can fetch (https, ssh, file://).
+    pub upstream: Option<String>,
+    /// The secret the forge signs webhooks with; without one (or with an
+    /// empty one) the site accepts no webhook.
+    pub webhook_secret: Option<Secret>,
 }
+
+impl SiteConfig {
+    /// The webhook secret, when there is a usable one.
+    pub fn secret(&self) -> Option<&Secret> {
+        self.webhook_secret.as_ref().filter(|s| !s.is_empty())
+    }
+}
+
+/// A credential from the config. Its Debug form hides it, so a config
+/// printed for diagnosis never leaks it.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.trim().is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The default webhook body limit: GitHub's own cap on a payload.
+pub const DEFAULT_MAX_BODY: usize = 25 * 1024 * 1024;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct HttpConfig {
     /// Port 0 picks a free port; the bound address is written to `node.ready`.
     pub listen: SocketAddr,
+    /// The bearer token of the HTTP API (`Authorization: Bearer ...`).
+    /// Without one the API answers 403 (webhooks and /healthz still work).
+    pub admin_token: Option<Secret>,
+    /// The largest webhook body accepted, in bytes; larger ones get 413.
+    pub max_body: usize,
+}
+
+impl HttpConfig {
+    pub fn admin_token(&self) -> Option<&Secret> {
+        self.admin_token.as_ref().filter(|s| !s.is_empty())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -118,6 +168,8 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8022)),
+            admin_token: None,
+            max_body: DEFAULT_MAX_BODY,
         }
     }
 }
@@ -222,8 +274,90 @@ impl NodeConfig {
         if cfg.apache.slots < 3 {
             bail!("[apache] slots must be at least 3 (one site takes three)");
         }
+        cfg.sites = normalise_sites(std::mem::take(&mut cfg.sites), &cfg.domain)?;
         Ok(cfg)
     }
+
+    /// What the node should warn about at start: settings that leave a
+    /// door shut the user probably meant open.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        for (name, site) in &self.sites {
+            if site.upstream.is_some() && site.secret().is_none() {
+                let what = if site.webhook_secret.is_some() {
+                    "an empty webhook_secret"
+                } else {
+                    "no webhook_secret"
+                };
+                w.push(format!(
+                    "[sites.\"{name}\"] has {what}: it accepts no webhook \
+                     (POST /sites/{name}/deploy with the admin token still works)"
+                ));
+            }
+        }
+        if self.http.admin_token().is_none() {
+            w.push(
+                "[http] admin_token is not set: the HTTP API (/sites, /deploys) answers 403 \
+                 until it is"
+                    .to_string(),
+            );
+        }
+        w
+    }
+}
+
+/// Re-keys `[sites]` by their full names ("blog" -> "blog.<domain>"), so
+/// lookups by a parsed `SiteName` find them, and checks each entry.
+fn normalise_sites(
+    sites: BTreeMap<String, SiteConfig>,
+    domain: &str,
+) -> Result<BTreeMap<String, SiteConfig>> {
+    let mut out = BTreeMap::new();
+    for (key, site) in sites {
+        let name = SiteName::parse(&key, domain).with_context(|| format!("[sites.\"{key}\"]"))?;
+        let name = name.as_str().to_string();
+        let here = || format!("[sites.\"{key}\"]");
+        if let Some(b) = &site.branch {
+            check_branch(b).with_context(here)?;
+        }
+        if let Some(u) = &site.upstream {
+            check_upstream(u).with_context(here)?;
+        }
+        if site.webhook_secret.is_some() && site.upstream.is_none() {
+            bail!(
+                "{}: webhook_secret is set but upstream is not; a webhook makes the node \
+                 fetch the upstream, so set upstream = \"<git URL>\"",
+                here()
+            );
+        }
+        if out.insert(name.clone(), site).is_some() {
+            bail!("{}: {name} is configured twice", here());
+        }
+    }
+    Ok(out)
+}
+
+/// A branch name git accepts, that cannot be mistaken for an option.
+fn check_branch(branch: &str) -> Result<()> {
+    if branch.starts_with('-') || !git2::Reference::is_valid_name(&format!("refs/heads/{branch}")) {
+        bail!("branch {branch:?} is not a valid git branch name");
+    }
+    Ok(())
+}
+
+/// An upstream the git CLI will take as a repository, never as an option
+/// or a second argument.
+fn check_upstream(url: &str) -> Result<()> {
+    if url.trim().is_empty() {
+        bail!("upstream is empty");
+    }
+    if url.starts_with('-') {
+        bail!("upstream {url:?} may not start with '-'");
+    }
+    if url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        bail!("upstream {url:?} may not contain spaces or control characters");
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -249,6 +383,102 @@ mod tests {
         assert_eq!(cfg.domain, "example.com");
         assert_eq!(cfg.apache.mode, ApacheMode::System);
         assert_eq!(cfg.build.keep_releases, 5);
+    }
+
+    fn resolved(text: &str) -> Result<NodeConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("node.toml");
+        std::fs::write(&path, text).unwrap();
+        NodeConfig::resolve(Some(&path), None, false)
+    }
+
+    #[test]
+    fn site_keys_become_full_names() {
+        let cfg = resolved(
+            r#"
+            domain = "example.com"
+            [sites.blog]
+            upstream = "file:///srv/blog.git"
+            webhook_secret = "s3cret"
+            [sites."Shop.Example.org"]
+            branch = "release/1"
+            "#,
+        )
+        .unwrap();
+        let keys: Vec<&str> = cfg.sites.keys().map(String::as_str).collect();
+        assert_eq!(keys, ["blog.example.com", "shop.example.org"]);
+        assert_eq!(cfg.site_branch("shop.example.org"), Some("release/1"));
+        let blog = &cfg.sites["blog.example.com"];
+        assert_eq!(blog.secret().map(Secret::expose), Some("s3cret"));
+    }
+
+    #[test]
+    fn bad_site_settings_fail_with_the_key() {
+        let err = resolved("[sites.\"bl og\"]\nbranch = \"main\"\n").unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains("[sites.\"bl og\"]"), "{text}");
+        assert!(text.contains("invalid site name"), "{text}");
+
+        let err = resolved("[sites.blog]\nbranch = \"a..b\"\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("not a valid git branch name"),
+            "{err:#}"
+        );
+
+        let err = resolved("[sites.blog]\nupstream = \"--upload-pack=x\"\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("may not start with '-'"),
+            "{err:#}"
+        );
+
+        let err = resolved("[sites.blog]\nwebhook_secret = \"x\"\n").unwrap_err();
+        assert!(format!("{err:#}").contains("upstream is not"), "{err:#}");
+
+        let err = resolved("[sites.blog]\n[sites.\"blog.localhost\"]\n").unwrap_err();
+        assert!(format!("{err:#}").contains("configured twice"), "{err:#}");
+    }
+
+    #[test]
+    fn missing_secrets_and_token_are_warned_about() {
+        let cfg = resolved(
+            r#"
+            [sites.a]
+            upstream = "file:///a"
+            [sites.b]
+            upstream = "file:///b"
+            webhook_secret = ""
+            [sites.c]
+            upstream = "file:///c"
+            webhook_secret = "ok"
+            "#,
+        )
+        .unwrap();
+        let w = cfg.warnings().join("\n");
+        assert!(
+            w.contains("[sites.\"a.localhost\"] has no webhook_secret"),
+            "{w}"
+        );
+        assert!(
+            w.contains("[sites.\"b.localhost\"] has an empty webhook_secret"),
+            "{w}"
+        );
+        assert!(!w.contains("c.localhost"), "{w}");
+        assert!(w.contains("admin_token is not set"), "{w}");
+        assert!(cfg.sites["b.localhost"].secret().is_none());
+    }
+
+    #[test]
+    fn secrets_do_not_show_in_debug_output() {
+        let cfg = resolved(
+            "[http]\nadmin_token = \"tok-123\"\n[sites.a]\nupstream = \"file:///a\"\nwebhook_secret = \"hush-456\"\n",
+        )
+        .unwrap();
+        let text = format!("{cfg:?}");
+        assert!(
+            !text.contains("tok-123") && !text.contains("hush-456"),
+            "{text}"
+        );
+        assert_eq!(cfg.http.admin_token().map(Secret::expose), Some("tok-123"));
     }
 
     #[test]

@@ -173,6 +173,11 @@ impl Engine {
         ))
     }
 
+    /// A snapshot of what the node records about every site, for the API.
+    pub fn sites(&self) -> BTreeMap<SiteName, SiteState> {
+        self.state().sites.clone()
+    }
+
     /// The branch a site deploys from, when its config names one.
     pub fn site_branch(&self, site: &SiteName) -> Option<&str> {
         self.cfg.site_branch(site.as_str())

@@ -8,6 +8,7 @@ mod build;
 mod client;
 mod config;
 mod control;
+mod deploys;
 mod engine;
 mod git;
 mod http;
@@ -24,6 +25,8 @@ mod site_state;
 mod ssh;
 mod update;
 mod upload;
+mod upstream;
+mod webhook;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

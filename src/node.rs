@@ -1,6 +1,7 @@
 //! `toppcloud node run`: the daemon that owns the node's state. It takes the
 //! data dir's lock, starts the engine (and with it Apache), then serves the
-//! HTTP API and the control socket until SIGINT or SIGTERM.
+//! HTTP API (webhooks included), SSH and the control socket until SIGINT or
+//! SIGTERM.
 
 use std::fs::File;
 use std::io::Write;
@@ -17,6 +18,7 @@ use crate::http;
 use crate::layout::Layout;
 use crate::push::Pushes;
 use crate::ssh;
+use crate::upstream::Upstream;
 
 pub async fn run(cfg: NodeConfig) -> Result<()> {
     // Everything the node writes must be readable by the serving user.
@@ -29,6 +31,9 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     check_reachable(layout.root())?;
     let lock = take_lock(&layout)?;
     let _ = std::fs::remove_file(layout.ready_file());
+    for w in cfg.warnings() {
+        tracing::warn!("{w}");
+    }
 
     let engine = Arc::new(Engine::open(cfg.clone())?);
     let http_listener = tokio::net::TcpListener::bind(cfg.http.listen)
@@ -69,8 +74,16 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         }),
         host_key,
     ));
+    let cfg = Arc::new(cfg);
+    let upstream = Upstream::new(engine.clone(), layout.clone(), cfg.clone());
+    let api = Arc::new(http::Api::new(
+        engine.clone(),
+        upstream,
+        cfg.clone(),
+        layout.clone(),
+    ));
     let http = tokio::spawn(async move {
-        if let Err(e) = axum::serve(http_listener, http::router()).await {
+        if let Err(e) = axum::serve(http_listener, http::router(api)).await {
             tracing::error!("http server: {e}");
         }
     });

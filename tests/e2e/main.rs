@@ -14,3 +14,4 @@ mod push;
 mod runners;
 mod system;
 mod update;
+mod webhook;

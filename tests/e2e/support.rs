@@ -728,3 +728,155 @@ impl Drop for Serve {
         let _ = self.child.wait();
     }
 }
+
+/// A repository standing in for a forge's (GitHub, GitLab...): commits are
+/// made with the real git, and the node fetches it over `file://`.
+pub struct Upstream {
+    _dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl Upstream {
+    pub fn new() -> Upstream {
+        let dir = tempfile::Builder::new()
+            .prefix("toppcloud-upstream-")
+            .tempdir()
+            .expect("tempdir");
+        let path = dir.path().join("repo");
+        std::fs::create_dir(&path).expect("mkdir");
+        let up = Upstream { _dir: dir, path };
+        up.git(&["init", "-q", "-b", "main"]);
+        up
+    }
+
+    /// What the node's config names as the site's upstream.
+    pub fn url(&self) -> String {
+        format!("file://{}", self.path.display())
+    }
+
+    /// Runs git in the repository, asserting success; returns stdout.
+    pub fn git(&self, args: &[&str]) -> String {
+        let mut cmd = Command::new("git");
+        cmd.args(args)
+            .current_dir(&self.path)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .env("GIT_AUTHOR_NAME", "Test")
+            .env("GIT_AUTHOR_EMAIL", "test@example.com")
+            .env("GIT_COMMITTER_NAME", "Test")
+            .env("GIT_COMMITTER_EMAIL", "test@example.com");
+        let out = run_with_timeout(cmd, Duration::from_secs(60));
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Writes a file into the working tree (not committed yet).
+    pub fn file(&self, name: &str, text: &str) -> &Upstream {
+        let p = self.path.join(name);
+        std::fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        std::fs::write(p, text).expect("write");
+        self
+    }
+
+    /// Commits everything on the current branch; returns the commit id.
+    pub fn commit(&self, message: &str) -> String {
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "-q", "--allow-empty", "-m", message]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    /// Commits a plain WSGI app answering `body` (see `App::set_plain`).
+    pub fn commit_plain(&self, name: &str, version: u32, body: &str) -> String {
+        let app = App::plain(name, version, body);
+        for f in ["app.ini", "main.py"] {
+            let text = std::fs::read_to_string(app.path.join(f)).expect("read");
+            self.file(f, &text);
+        }
+        self.commit(body.trim())
+    }
+}
+
+/// An HTTP answer as curl saw it.
+pub struct Answer {
+    pub code: u16,
+    /// Header names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON, or a panic that shows it.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}), status {}: {}", self.code, self.body))
+    }
+}
+
+impl Node {
+    /// A request to the node's HTTP server (webhooks, API) with the real
+    /// curl; `body` goes as-is (`--data-binary @file`).
+    pub fn http_request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Answer {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let head = tmp.path().join("head");
+        let out = tmp.path().join("body");
+        let mut cmd = Command::new("curl");
+        cmd.args([
+            "-sS",
+            "--max-time",
+            "30",
+            "-X",
+            method,
+            "-w",
+            "%{http_code}",
+        ])
+        .arg("-D")
+        .arg(&head)
+        .arg("-o")
+        .arg(&out)
+        // No 100-continue round trip: the node answers big bodies too.
+        .args(["-H", "Expect:"]);
+        for (k, v) in headers {
+            cmd.arg("-H").arg(format!("{k}: {v}"));
+        }
+        if let Some(b) = body {
+            let file = tmp.path().join("request");
+            std::fs::write(&file, b).expect("write body");
+            cmd.arg("--data-binary").arg(format!("@{}", file.display()));
+        }
+        cmd.arg(format!("http://{}{path}", self.http));
+        let done = run_with_timeout(cmd, Duration::from_secs(40));
+        let code = String::from_utf8_lossy(&done.stdout)
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        let headers = std::fs::read_to_string(&head)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let body = std::fs::read_to_string(&out).unwrap_or_default();
+        Answer {
+            code,
+            headers,
+            body,
+        }
+    }
+}
