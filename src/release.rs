@@ -108,6 +108,37 @@ fn copy_dir(root: &Path, src: &Path, dest: &Path, report: &mut StageReport) -> R
     Ok(())
 }
 
+/// Fills `dest` with hard links to the files of `src` (a release's app dir),
+/// so an rsync upload starts from the live release and sends only what
+/// changed, at the cost of a link per file. Safe because the receiver is
+/// never given options that change a file in place (no perms, owners,
+/// `--inplace`): rsync replaces a changed file with a new inode, leaving the
+/// release's untouched. Falls back to copying across filesystems.
+pub fn seed(src: &Path, dest: &Path) -> Result<()> {
+    std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let entries =
+        std::fs::read_dir(src).with_context(|| format!("cannot read {}", src.display()))?;
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read {}", src.display()))?;
+        let (from, to) = (entry.path(), dest.join(entry.file_name()));
+        let ft = entry.file_type()?;
+        if ft.is_dir() {
+            seed(&from, &to)?;
+        } else if ft.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
+        } else if ft.is_file() && std::fs::hard_link(&from, &to).is_err() {
+            std::fs::copy(&from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
+            if let Ok(mtime) = entry.metadata().and_then(|m| m.modified()) {
+                let _ = std::fs::File::options()
+                    .write(true)
+                    .open(&to)
+                    .and_then(|f| f.set_modified(mtime));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Symlinks under `root` that point outside it, relative to `root`.
 pub fn outward_symlinks(root: &Path) -> Vec<String> {
     let mut out = Vec::new();

@@ -459,7 +459,7 @@ impl GitJob {
         let seeded = {
             let area = area.clone();
             tokio::task::spawn_blocking(move || match seed {
-                Some(live) => crate::release::stage(&live, &area).map(|_| ()),
+                Some(live) => crate::release::seed(&live, &area),
                 None => std::fs::create_dir_all(&area).context("cannot create the upload area"),
             })
             .await?

@@ -54,7 +54,8 @@ pub fn run(dir: &Path, host: Option<&str>, node: &Node, etc_hosts: bool) -> Resu
         bail!("invalid host {site:?}: a site name such as blog.example.com");
     }
     let mut cmd = Command::new("rsync");
-    cmd.args(["-rlptz", "--delete", "-i"]);
+    // No -p: the node refuses it (see upload.rs); staging sets permissions.
+    cmd.args(["-rltz", "--delete", "-i"]);
     for e in EXCLUDES {
         cmd.arg(format!("--exclude={e}"));
     }

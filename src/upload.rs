@@ -8,11 +8,13 @@
 use crate::names::SiteName;
 
 /// rsync's single-letter options a receiver may be given (before the `e`
-/// that carries protocol details): recursion, links, perms, times,
-/// compression, verbosity and comparison modes. No owners, groups or
-/// devices (`o`, `g`, `D`), no secluded args (`s`: paths would arrive
-/// unseen), no `--sender`.
-const SHORT_OK: &str = "rlptzvqcuIWxhinC";
+/// that carries protocol details): recursion, links, times, compression,
+/// verbosity and comparison modes. No perms (`p`: the upload area holds
+/// hard links to the live release, whose files must never be changed in
+/// place; the release gets its own permissions when staged), no owners,
+/// groups or devices (`o`, `g`, `D`), no secluded args (`s`: paths would
+/// arrive unseen), no `--sender`.
+const SHORT_OK: &str = "rltzvqcuIWxhinC";
 
 const LONG_OK: &[&str] = &[
     "--delete",
@@ -114,12 +116,12 @@ mod tests {
     #[test]
     fn the_clients_form_is_accepted() {
         let u = parse(
-            &words("rsync --server -lptrze.iLsfxCIvu --delete . blog/"),
+            &words("rsync --server -ltrze.iLsfxCIvu --delete . blog/"),
             "localhost",
         )
         .unwrap();
         assert_eq!(u.site.as_str(), "blog.localhost");
-        assert_eq!(u.options, vec!["-lptrze.iLsfxCIvu", "--delete"]);
+        assert_eq!(u.options, vec!["-ltrze.iLsfxCIvu", "--delete"]);
     }
 
     #[test]
@@ -135,17 +137,27 @@ mod tests {
         assert!(e.contains("secluded") || e.contains("-s"), "{e}");
         let e = parse(&words("rsync --server -logDtpre.iLsfxCIvu . blog/"), d).unwrap_err();
         assert!(e.contains("-o"), "{e}");
-        let e = parse(&words("rsync --server -lptre.iLsfxCIvu . ../etc/"), d).unwrap_err();
+        let e = parse(&words("rsync --server -lptre.iLsfxCIvu . blog/"), d).unwrap_err();
+        assert!(e.contains("-p"), "{e}");
+        let e = parse(
+            &words("rsync --server -ltre.iLsfxCIvu --inplace . blog/"),
+            d,
+        )
+        .unwrap_err();
+        assert!(e.contains("--inplace"), "{e}");
+        let e = parse(&words("rsync --server -logDtpre.iLsfxCIvu . blog/"), d).unwrap_err();
+        assert!(e.contains("-o"), "{e}");
+        let e = parse(&words("rsync --server -ltre.iLsfxCIvu . ../etc/"), d).unwrap_err();
         assert!(e.contains("leaves the upload area"), "{e}");
-        let e = parse(&words("rsync --server -lptre.iLsfxCIvu . blog/sub/"), d).unwrap_err();
+        let e = parse(&words("rsync --server -ltre.iLsfxCIvu . blog/sub/"), d).unwrap_err();
         assert!(e.contains("leaves the upload area"), "{e}");
         let e = parse(
-            &words("rsync --server -lptre.iLsfxCIvu --log-file=/etc/x . blog/"),
+            &words("rsync --server -ltre.iLsfxCIvu --log-file=/etc/x . blog/"),
             d,
         )
         .unwrap_err();
         assert!(e.contains("--log-file"), "{e}");
-        let e = parse(&words("rsync --server -lptre.iLsfxCIvu . prev.blog/"), d).unwrap_err();
+        let e = parse(&words("rsync --server -ltre.iLsfxCIvu . prev.blog/"), d).unwrap_err();
         assert!(e.contains("prev"), "{e}");
     }
 }

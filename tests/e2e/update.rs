@@ -111,6 +111,14 @@ fn a_second_update_sends_only_what_changed() {
         app.file(&format!("static/file{i}.txt"), &format!("{i}\n"));
     }
     laptop.update(&app, "blog.localhost").success();
+    // A private file on the laptop must not change the live release's copy,
+    // which the upload area shares by hard link.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        app.path.join("static/file0.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .expect("chmod");
     let main_py = std::fs::read_to_string(app.path.join("main.py")).expect("read");
     app.file("main.py", &main_py.replace("first", "second"));
     let r = laptop.update(&app, "blog.localhost");
@@ -120,6 +128,14 @@ fn a_second_update_sends_only_what_changed() {
     assert!(sent[0].ends_with(" main.py"), "{sent:?}");
     assert_eq!(node.body("blog.localhost"), "second\n");
     assert_eq!(node.body("prev.blog.localhost"), "first\n");
+    for host in ["blog.localhost", "prev.blog.localhost"] {
+        assert_eq!(node.get(host, "/file0.txt"), (200, "0\n".into()), "{host}");
+    }
+    let first = node
+        .data
+        .join("sites/blog.localhost/releases/1/app/static/file0.txt");
+    let mode = std::fs::metadata(first).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "release 1 is unchanged");
 }
 
 #[test]
@@ -152,27 +168,27 @@ fn rsync_forms_other_than_an_upload_are_refused() {
     rsync(
         &node,
         key,
-        &["-rlpt", &target("blog/"), &out.path().display().to_string()],
+        &["-rlt", &target("blog/"), &out.path().display().to_string()],
     )
     .fails()
     .stderr_has("downloads are refused");
     rsync(&node, key, &["-a", &src, &target("blog/")])
         .fails()
         .stderr_has("rsync option -o is refused");
-    rsync(&node, key, &["-rlpt", "-s", &src, &target("blog/")])
+    rsync(&node, key, &["-rlt", "-s", &src, &target("blog/")])
         .fails()
         .stderr_has("secluded");
-    rsync(&node, key, &["-rlpt", &src, &target("../etc/")])
+    rsync(&node, key, &["-rlt", &src, &target("../etc/")])
         .fails()
         .stderr_has("leaves the upload area");
-    rsync(&node, key, &["-rlpt", &src, &target("blog/sub/")])
+    rsync(&node, key, &["-rlt", &src, &target("blog/sub/")])
         .fails()
         .stderr_has("leaves the upload area");
     rsync(
         &node,
         key,
         &[
-            "-rlpt",
+            "-rlt",
             &format!("--remote-option=--log-file={}", log.display()),
             &src,
             &target("blog/"),
@@ -184,7 +200,7 @@ fn rsync_forms_other_than_an_upload_are_refused() {
 
     // A symlink out of the app is refused, not deployed.
     std::os::unix::fs::symlink("/etc/passwd", app.path.join("static-passwd")).expect("symlink");
-    rsync(&node, key, &["-rlpt", &src, &target("blog/")])
+    rsync(&node, key, &["-rlt", &src, &target("blog/")])
         .fails()
         .stderr_has("static-passwd: symlink points outside the app");
     assert_eq!(node.body("blog.localhost"), "good\n");
