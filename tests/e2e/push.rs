@@ -520,3 +520,31 @@ fn a_silent_build_keeps_the_connection() {
     .success();
     assert_eq!(node.body("quiet.localhost"), "patient\n");
 }
+
+#[test]
+fn a_site_can_deploy_from_a_configured_branch() {
+    let node = Node::start_with("[sites.\"blog.localhost\"]\nbranch = \"production\"\n");
+    let key = node.keygen("ci");
+    // Keys can come on standard input.
+    let mut cmd = node.command();
+    cmd.args(["node", "keys", "add", "ci", "-", "--config"])
+        .arg(&node.config)
+        .stdin(std::fs::File::open(format!("{}.pub", key.display())).expect("open key"));
+    let out = cmd.output().expect("keys add");
+    assert!(out.status.success(), "{out:?}");
+
+    let app = App::plain("blog", 1, "from production\n");
+    app.git_init(&key);
+    git(&app.path, &key, &["push", &node.ssh_url("blog"), "main"])
+        .success()
+        .stderr_has("branch main stored, not deployed (this site deploys production)");
+    assert_eq!(node.get("blog.localhost", "/").0, 404);
+    git(
+        &app.path,
+        &key,
+        &["push", &node.ssh_url("blog"), "main:production"],
+    )
+    .success()
+    .stderr_has("live at");
+    assert_eq!(node.body("blog.localhost"), "from production\n");
+}
