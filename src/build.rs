@@ -209,7 +209,8 @@ impl Builder {
         std::os::unix::fs::symlink(&venv, release_dir.join("venv"))
             .context("cannot link the release's venv")?;
         let mut c = Command::new(&self.cfg.python);
-        c.args(["-m", "compileall", "-q", "-j", "0"]).arg(app_dir);
+        // Sequential: worker processes cost more than they save here.
+        c.args(["-m", "compileall", "-q"]).arg(app_dir);
         if let Err(e) = run_captured(c, "python3 -m compileall").await {
             // A file that does not compile only matters if the app imports
             // it, and then the check reports the real error.

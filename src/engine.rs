@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail};
+use anyhow::{Context, Result, bail};
 use tokio::sync::OwnedMutexGuard;
 use tracing::Instrument;
 
@@ -82,13 +82,19 @@ pub struct Engine {
 struct NodeState {
     pool: usize,
     sites: BTreeMap<SiteName, SiteState>,
+    /// Slots taken by deploys in flight (loading or checking a release).
+    claimed: HashSet<String>,
 }
 
 impl NodeState {
+    /// Slots holding a live or previous release, or claimed by a deploy.
     fn used_slots(&self) -> HashSet<String> {
         self.sites
             .values()
-            .flat_map(|s| s.slots.iter().cloned())
+            .flat_map(|s| [&s.live, &s.prev])
+            .flatten()
+            .map(|p| p.slot.clone())
+            .chain(self.claimed.iter().cloned())
             .collect()
     }
 
@@ -134,7 +140,9 @@ impl Engine {
         let _ = std::fs::remove_dir_all(layout.tmp_dir());
         let highest = sites
             .values()
-            .flat_map(|s| s.slots.iter())
+            .flat_map(|s| [&s.live, &s.prev])
+            .flatten()
+            .map(|p| &p.slot)
             .filter_map(|s| s.trim_start_matches('s').parse::<usize>().ok())
             .max();
         let mut pool = cfg.apache.slots;
@@ -145,7 +153,11 @@ impl Engine {
             apache: Apache::new(cfg.apache.clone(), layout.clone()),
             builder: Builder::new(cfg.build.clone(), layout.clone()),
             layout,
-            state: Mutex::new(NodeState { pool, sites }),
+            state: Mutex::new(NodeState {
+                pool,
+                sites,
+                claimed: HashSet::new(),
+            }),
             turns: Mutex::new(HashMap::new()),
             pool_growth: tokio::sync::Mutex::new(()),
             cfg,
@@ -288,10 +300,13 @@ impl Engine {
             Err(e) => format!("failed: {e:#}"),
         };
         if result.is_err() {
-            if let Some(slot) = &attempt.slot
-                && let Err(e) = self.apache.retire(slot).await
-            {
-                tracing::warn!(site = %req.site, "retiring slot {slot}: {e:#}");
+            if let Some(slot) = &attempt.slot {
+                if let Err(e) = self.apache.retire(slot).await {
+                    tracing::warn!(site = %req.site, "retiring slot {slot}: {e:#}");
+                }
+                // Back to the pool: a daemon still holding something is
+                // recycled by the next deploy's wait_empty.
+                self.state().claimed.remove(slot);
             }
             let _ = std::fs::remove_dir_all(&attempt.release_dir);
         }
@@ -368,15 +383,15 @@ impl Engine {
         }
         .write(&dir)?;
 
-        // Load into the spare slot, warm, before any public host points at it.
-        let slot = self.claim_spare(site, progress).await?;
+        // Load into a spare slot, warm, before any public host points at it.
+        let slot = self.claim_spare(progress).await?;
+        attempt.slot = Some(slot.clone());
         self.apache
             .wait_empty(
                 &slot,
                 self.apache.request_timeout() + Duration::from_secs(10),
             )
             .await?;
-        attempt.slot = Some(slot.clone());
         self.apache.set_pointer(&slot, &dir)?;
         progress.say("-----> starting the release");
 
@@ -393,8 +408,9 @@ impl Engine {
             source: req.origin.clone(),
             sha: req.sha.clone(),
         };
-        let retire = self.switch(site, record, &slot)?;
+        // From here on the slot is the switch's to keep or give back.
         attempt.slot = None;
+        let retire = self.switch(site, record, &slot)?;
         let url = self.url(site.as_str());
         progress.say(format!("-----> switched {site} to release {id}"));
 
@@ -423,32 +439,27 @@ impl Engine {
         ReleaseId::new(id)
     }
 
-    /// The site's spare slot; a site's first deploy takes three free slots
-    /// from the pool, growing the pool (a graceful restart) if it is full.
-    async fn claim_spare(&self, site: &SiteName, progress: &Progress) -> Result<String> {
+    /// An empty slot from the node-wide pool: not live or previous for any
+    /// site, not claimed by another deploy. Spares are shared by all sites,
+    /// so a site costs two daemons (live, previous), and the one retired
+    /// longest ago is taken: a deploy right after another need not wait for
+    /// the daemon that deploy retired (Apache re-forks it only on its 1 s
+    /// maintenance tick). A full pool grows (one graceful restart).
+    async fn claim_spare(&self, progress: &Progress) -> Result<String> {
         let _growth = self.pool_growth.lock().await;
         loop {
             let grow_to = {
                 let mut st = self.state();
                 let used = st.used_slots();
-                let pool = st.pool;
-                let s = st.sites.entry(site.clone()).or_default();
-                if s.slots.len() < 3 {
-                    let free: Vec<String> = (0..pool)
-                        .map(apache::slot_name)
-                        .filter(|n| !used.contains(n))
-                        .take(3 - s.slots.len())
-                        .collect();
-                    if free.len() + s.slots.len() == 3 {
-                        s.slots.extend(free);
-                    }
+                let free = (0..st.pool)
+                    .map(apache::slot_name)
+                    .filter(|n| !used.contains(n))
+                    .min_by_key(|n| self.apache.retired_at(n));
+                if let Some(slot) = free {
+                    st.claimed.insert(slot.clone());
+                    return Ok(slot);
                 }
-                if s.slots.len() == 3 {
-                    return s
-                        .spare_slot()
-                        .ok_or_else(|| anyhow!("site {site} has no spare slot"));
-                }
-                pool + self.cfg.apache.slots
+                st.pool + self.cfg.apache.slots
             };
             progress.say(format!(
                 "-----> the slot pool is full: growing it to {grow_to} (restarts Apache gracefully)"
@@ -532,10 +543,14 @@ impl Engine {
             slot: slot.to_string(),
         });
         s.releases.push(record);
-        if let Err(e) = s.save(&self.layout.site_state(site)) {
+        let saved = s.save(&self.layout.site_state(site));
+        if saved.is_err() {
             *s = before;
-            return Err(e.context("cannot record the switch; nothing was switched"));
         }
+        // Live now, or back in the pool (where the next deploy's wait_empty
+        // recycles whatever it loaded).
+        st.claimed.remove(slot);
+        saved.map_err(|e| e.context("cannot record the switch; nothing was switched"))?;
         apache::routes::write(&self.layout.routes_map(), &st.routes())?;
         Ok(retire)
     }

@@ -1,5 +1,5 @@
 //! What the node knows about one site, persisted in `sites/<site>/site.toml`:
-//! its three pool slots, which releases are live and previous, and the
+//! the pool slots of its live and previous releases, which releases are live and previous, and the
 //! record of every release still on disk. Written atomically at each switch,
 //! before the route map, so a crash between the two is repaired at start.
 
@@ -33,8 +33,6 @@ pub struct ReleaseRecord {
 pub struct SiteState {
     /// The id the next release gets; ids are never reused.
     pub next_release: u32,
-    /// The site's pool slots: one live, one previous, one spare.
-    pub slots: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<Placed>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -65,17 +63,6 @@ impl SiteState {
 
     pub fn version_of(&self, id: ReleaseId) -> Option<u32> {
         self.record(id).and_then(|r| r.version)
-    }
-
-    /// A slot holding neither the live nor the previous release.
-    pub fn spare_slot(&self) -> Option<String> {
-        self.slots
-            .iter()
-            .find(|s| {
-                self.live.as_ref().map(|p| &p.slot) != Some(s)
-                    && self.prev.as_ref().map(|p| &p.slot) != Some(s)
-            })
-            .cloned()
     }
 
     /// The hosts this site answers and the slot behind each: `host` -> live,
@@ -131,7 +118,6 @@ mod tests {
         let site = SiteName::parse("blog", "localhost").unwrap();
         let st = SiteState {
             next_release: 4,
-            slots: vec!["s000".into(), "s001".into(), "s002".into()],
             live: placed(3, "s002"),
             prev: placed(2, "s001"),
             releases: vec![rec(1, Some(1)), rec(2, Some(1)), rec(3, Some(2))],
@@ -141,7 +127,6 @@ mod tests {
         assert_eq!(r["prev.blog.localhost"], "s001");
         assert_eq!(r["2.blog.localhost"], "s002");
         assert_eq!(r["1.blog.localhost"], "s001");
-        assert_eq!(st.spare_slot().as_deref(), Some("s000"));
     }
 
     #[test]
@@ -149,7 +134,6 @@ mod tests {
         let site = SiteName::parse("blog", "localhost").unwrap();
         let st = SiteState {
             next_release: 3,
-            slots: vec!["s000".into(), "s001".into(), "s002".into()],
             live: placed(2, "s001"),
             prev: placed(1, "s000"),
             releases: vec![rec(1, Some(1)), rec(2, Some(1))],
@@ -161,7 +145,6 @@ mod tests {
     fn state_round_trips_through_toml() {
         let st = SiteState {
             next_release: 2,
-            slots: vec!["s000".into()],
             live: placed(1, "s000"),
             prev: None,
             releases: vec![rec(1, None)],

@@ -44,7 +44,7 @@ pub struct Apache {
     listen: Mutex<SocketAddr>,
     /// slot -> pid of the daemon last told to retire; its replacement is
     /// recognised by a different pid.
-    retired: Mutex<HashMap<String, u32>>,
+    retired: Mutex<HashMap<String, (u32, Instant)>>,
 }
 
 /// What a slot's shim says it holds.
@@ -460,8 +460,18 @@ impl Apache {
         self.retired
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(slot.to_string(), pid);
+            .insert(slot.to_string(), (pid, Instant::now()));
         Ok(())
+    }
+
+    /// When the slot's daemon was last told to retire, if ever (None sorts
+    /// first: a slot never retired is the readiest).
+    pub fn retired_at(&self, slot: &str) -> Option<Instant> {
+        self.retired
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(slot)
+            .map(|(_, at)| *at)
     }
 
     /// Waits until a slot is an empty daemon that is not the one last retired:
@@ -476,7 +486,7 @@ impl Apache {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .get(slot)
-                .copied();
+                .map(|(pid, _)| *pid);
             match self.slot_state(slot).await {
                 Ok(SlotState::Empty { pid }) if Some(pid) != retired => return Ok(()),
                 Ok(SlotState::Empty { .. }) => {}

@@ -143,14 +143,21 @@ fn the_app_sees_its_environment() {
 }
 
 #[test]
-fn a_full_pool_grows_for_a_new_site() {
-    // 6 slots hold two sites; the third site makes the pool grow.
-    let node = Node::start();
+fn a_full_pool_grows_and_sites_share_spares() {
+    // Three slots: each site's live release takes one, and the spare for
+    // the next deploy is shared. The fourth deploy finds the pool full.
+    let node = Node::start_with("[apache]\nslots = 3\n");
     for name in ["one", "two", "three"] {
         node.deploy(name, &App::plain(name, 1, &format!("{name}\n")))
-            .success();
+            .success()
+            .stdout_lacks("growing");
     }
-    for name in ["one", "two", "three"] {
+    node.deploy("one", &App::plain("one", 1, "one again\n"))
+        .success()
+        .stdout_has("the slot pool is full: growing it to 6");
+    assert_eq!(node.body("one.localhost"), "one again\n");
+    assert_eq!(node.body("prev.one.localhost"), "one\n");
+    for name in ["two", "three"] {
         assert_eq!(node.body(&format!("{name}.localhost")), format!("{name}\n"));
     }
 }

@@ -115,6 +115,15 @@ impl Run {
         self
     }
 
+    pub fn stdout_lacks(&self, text: &str) -> &Run {
+        assert!(
+            !self.stdout.contains(text),
+            "stdout has {text:?}:\n{}",
+            self.describe()
+        );
+        self
+    }
+
     pub fn stdout_has(&self, text: &str) -> &Run {
         assert!(
             self.stdout.contains(text),
