@@ -202,8 +202,13 @@ impl Default for BuildConfig {
     }
 }
 
-/// Where `--dev` keeps its data when no `--data-dir` is given.
+/// Where `--dev` keeps its data when no `--data-dir` is given: the user's
+/// data directory, except for root, whose home is private while Apache
+/// serves the apps as www-data.
 pub fn dev_data_dir() -> Result<PathBuf> {
+    if unsafe { libc::geteuid() } == 0 {
+        return Ok(PathBuf::from("/var/lib/toppcloud-dev"));
+    }
     if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
         return Ok(PathBuf::from(d).join("toppcloud"));
     }

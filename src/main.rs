@@ -171,7 +171,8 @@ struct NodeFlags {
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
     /// Built-in defaults for a node on loopback: data in the user's data
-    /// directory, sites at http://SITE.localhost:8080/.
+    /// directory (/var/lib/toppcloud-dev for root), sites at
+    /// http://SITE.localhost:8080/.
     #[arg(long)]
     dev: bool,
     /// Where the node keeps its state (overrides the config's data_dir).
