@@ -10,7 +10,7 @@
 //! once, in `deploy`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -176,6 +176,55 @@ impl Engine {
         &self.cfg.domain
     }
 
+    /// Deploys commit `sha` of the bare repository `repo` (seeing objects
+    /// still in a push's `quarantine`), through a temporary export of its
+    /// tree; for a caller holding the site's turn.
+    pub async fn deploy_commit(
+        &self,
+        turn: &SiteTurn,
+        repo: &Path,
+        quarantine: Option<&Path>,
+        sha: &str,
+        origin: String,
+        progress: &Progress,
+    ) -> Result<Deployed> {
+        let tmp = self.layout.tmp_dir();
+        std::fs::create_dir_all(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        let tree = tmp.join(format!("commit-{}", hex::encode(rand::random::<[u8; 8]>())));
+        let exported = {
+            let (repo, q, sha, tree) = (
+                repo.to_path_buf(),
+                quarantine.map(Path::to_path_buf),
+                sha.to_string(),
+                tree.clone(),
+            );
+            tokio::task::spawn_blocking(move || {
+                crate::git::export(&repo, q.as_deref(), &sha, &tree)
+            })
+            .await
+            .context("exporting was interrupted")?
+        };
+        let deployed = match exported {
+            Ok(()) => {
+                if tree.join(".gitmodules").exists() {
+                    progress
+                        .say("warning: submodules are not fetched; their directories are empty");
+                }
+                let req = DeployRequest {
+                    site: turn.site.clone(),
+                    source: tree.clone(),
+                    origin,
+                    sha: Some(sha.to_string()),
+                };
+                self.deploy_in_turn(turn, req, progress).await
+            }
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_dir_all(&tree);
+        deployed
+    }
+
     /// The app files of the site's live release, if it has one.
     pub fn live_app_dir(&self, site: &SiteName) -> Option<PathBuf> {
         let st = self.state();
@@ -232,7 +281,8 @@ impl Engine {
         }
     }
 
-    fn url(&self, host: &str) -> String {
+    /// Where users reach `host` on this node.
+    pub fn url(&self, host: &str) -> String {
         format!("http://{host}{}/", self.apache.port_suffix())
     }
 

@@ -27,7 +27,7 @@ pub fn ensure_repo(path: &Path) -> Result<()> {
     let hook = path.join("hooks/pre-receive");
     std::fs::create_dir_all(path.join("hooks"))?;
     if std::fs::read_to_string(&hook).ok().as_deref() != Some(PRE_RECEIVE) {
-        crate::apache::routes::write_atomic(&hook, PRE_RECEIVE.as_bytes())?;
+        crate::atomic::write(&hook, PRE_RECEIVE.as_bytes())?;
     }
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&hook, std::fs::Permissions::from_mode(0o755))?;

@@ -61,10 +61,6 @@ impl Api {
             replays: Mutex::new(ReplayCache::new(REPLAY_CACHE)),
         }
     }
-
-    fn site_url(&self, host: &str) -> String {
-        format!("http://{host}{}/", self.engine.apache().port_suffix())
-    }
 }
 
 pub fn router(api: Arc<Api>) -> Router {
@@ -443,11 +439,11 @@ fn site_summary(api: &Api, name: &str, st: Option<&SiteState>) -> Value {
     let live = st.and_then(|st| {
         st.live
             .as_ref()
-            .map(|p| release_json(st, p.release, Some(api.site_url(name))))
+            .map(|p| release_json(st, p.release, Some(api.engine.url(name))))
     });
     let mut v = json!({
         "site": name,
-        "url": api.site_url(name),
+        "url": api.engine.url(name),
         "live": live,
         "upstream": upstream.map(redact),
         "webhooks": upstream.is_some() && cfg.and_then(|c| c.secret()).is_some(),
@@ -485,7 +481,7 @@ async fn show_site(
         v["previous"] = json!(st.prev.as_ref().map(|p| release_json(
             st,
             p.release,
-            Some(api.site_url(&site.prev_host()))
+            Some(api.engine.url(&site.prev_host()))
         )));
         // N.host serves the newest of live and previous whose app.ini says
         // version N (as the route map does).
@@ -503,7 +499,7 @@ async fn show_site(
             .map(|(n, r)| {
                 (
                     n.to_string(),
-                    release_json(st, r, Some(api.site_url(&site.version_host(n)))),
+                    release_json(st, r, Some(api.engine.url(&site.version_host(n)))),
                 )
             })
             .collect();

@@ -4,6 +4,7 @@
 mod access;
 mod apache;
 mod app_ini;
+mod atomic;
 mod build;
 mod client;
 mod config;

@@ -94,7 +94,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         "apache": apache.to_string(),
         "ssh": ssh_addr.to_string(),
     });
-    crate::apache::routes::write_atomic(&layout.ready_file(), ready.to_string().as_bytes())?;
+    crate::atomic::write(&layout.ready_file(), ready.to_string().as_bytes())?;
     println!(
         "toppcloud node ready: sites at http://<site>.{}:{}/, API at http://{http_addr}/, data in {}",
         cfg.domain,

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{DeployRequest, Engine, SiteTurn};
+use crate::engine::{Engine, SiteTurn};
 use crate::layout::Layout;
 use crate::names::SiteName;
 use crate::progress::Progress;
@@ -160,33 +160,12 @@ pub async fn pre_receive(
     }
     let short = &sha[..12.min(sha.len())];
     progress.say(format!("-----> {branch} is at {short}, pushed by {user}"));
-    let tree = layout.tmp_dir().join(format!("push-{}", req.token));
-    let _ = std::fs::remove_dir_all(&tree);
-    std::fs::create_dir_all(layout.tmp_dir())?;
-    let exported = {
-        let (repo, q, sha, tree) = (repo.clone(), quarantine, sha.clone(), tree.clone());
-        tokio::task::spawn_blocking(move || crate::git::export(&repo, q.as_deref(), &sha, &tree))
-            .await?
-    };
-    let result = match exported {
-        Ok(()) => {
-            if tree.join(".gitmodules").exists() {
-                progress.say("warning: submodules are not fetched; their directories are empty");
-            }
-            let req = DeployRequest {
-                site,
-                source: tree.clone(),
-                origin: format!("git push by {user}"),
-                sha: Some(sha),
-            };
-            engine.deploy_in_turn(&turn, req, progress).await.map(|d| {
-                progress.say(d.summary());
-            })
-        }
-        Err(e) => Err(e),
-    };
-    let _ = std::fs::remove_dir_all(&tree);
-    result
+    let origin = format!("git push by {user}");
+    let deployed = engine
+        .deploy_commit(&turn, &repo, quarantine.as_deref(), &sha, origin, progress)
+        .await?;
+    progress.say(deployed.summary());
+    Ok(())
 }
 
 #[cfg(test)]

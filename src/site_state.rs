@@ -9,7 +9,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::apache::routes::{Routes, write_atomic};
+use crate::apache::routes::Routes;
 use crate::names::{ReleaseId, SiteName};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -54,7 +54,7 @@ impl SiteState {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        write_atomic(path, text.as_bytes())
+        crate::atomic::write(path, text.as_bytes())
     }
 
     pub fn record(&self, id: ReleaseId) -> Option<&ReleaseRecord> {

@@ -14,7 +14,7 @@ use anyhow::{Context, Result, anyhow, bail};
 
 use crate::config::NodeConfig;
 use crate::deploys::{Enqueued, Outcome, Registry};
-use crate::engine::{DeployRequest, Engine};
+use crate::engine::Engine;
 use crate::layout::Layout;
 use crate::names::SiteName;
 use crate::progress::Progress;
@@ -182,34 +182,11 @@ impl Upstream {
             });
         }
 
-        let tree = self.layout.tmp_dir().join(format!("upstream-{id}"));
-        let _ = std::fs::remove_dir_all(&tree);
-        std::fs::create_dir_all(self.layout.tmp_dir())
-            .with_context(|| format!("cannot create {}", self.layout.tmp_dir().display()))?;
-        let exported = {
-            let (repo, sha, tree) = (repo.clone(), sha.clone(), tree.clone());
-            tokio::task::spawn_blocking(move || crate::git::export(&repo, None, &sha, &tree))
-                .await
-                .context("exporting was interrupted")?
-        };
-        let deployed = match exported {
-            Ok(()) => {
-                if tree.join(".gitmodules").exists() {
-                    progress
-                        .say("warning: submodules are not fetched; their directories are empty");
-                }
-                let req = DeployRequest {
-                    site: site.clone(),
-                    source: tree.clone(),
-                    origin: format!("upstream {branch}: {}", summarise(&requested)),
-                    sha: Some(sha.clone()),
-                };
-                self.engine.deploy_in_turn(&turn, req, progress).await
-            }
-            Err(e) => Err(e),
-        };
-        let _ = std::fs::remove_dir_all(&tree);
-        let deployed = deployed?;
+        let origin = format!("upstream {branch}: {}", summarise(&requested));
+        let deployed = self
+            .engine
+            .deploy_commit(&turn, &repo, None, &sha, origin, progress)
+            .await?;
 
         // The site is live either way; a branch that did not move is a
         // warning in the log, not a failed deploy.

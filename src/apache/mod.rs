@@ -200,9 +200,9 @@ impl Apache {
         let share = self.layout.share_dir();
         std::fs::create_dir_all(share.join("errors"))
             .with_context(|| format!("cannot create {}", share.display()))?;
-        routes::write_atomic(&share.join("runner.py"), RUNNER.as_bytes())?;
-        routes::write_atomic(&share.join("shim.wsgi"), SHIM.as_bytes())?;
-        routes::write_atomic(&share.join("errors/404.html"), NOT_FOUND.as_bytes())?;
+        crate::atomic::write(&share.join("runner.py"), RUNNER.as_bytes())?;
+        crate::atomic::write(&share.join("shim.wsgi"), SHIM.as_bytes())?;
+        crate::atomic::write(&share.join("errors/404.html"), NOT_FOUND.as_bytes())?;
         if !self.layout.routes_map().exists() {
             routes::write(&self.layout.routes_map(), &routes::Routes::new())?;
         }
@@ -274,8 +274,8 @@ impl Apache {
                 free_port(want)?
             };
             *self.listen.lock().unwrap_or_else(|e| e.into_inner()) = addr;
-            routes::write_atomic(&self.sites_conf(), self.render_sites(pool).as_bytes())?;
-            routes::write_atomic(&self.private_conf(), self.render_httpd().as_bytes())?;
+            crate::atomic::write(&self.sites_conf(), self.render_sites(pool).as_bytes())?;
+            crate::atomic::write(&self.private_conf(), self.render_httpd().as_bytes())?;
             self.config_test().await?;
             let verb = if running.is_some() {
                 "graceful"
@@ -334,7 +334,7 @@ impl Apache {
         let old = std::fs::read(&file).ok();
         let dir = file.parent().context("sites-available has no parent")?;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        routes::write_atomic(&file, self.render_sites(pool).as_bytes())?;
+        crate::atomic::write(&file, self.render_sites(pool).as_bytes())?;
         let enabled = self.cfg.config_dir.join("sites-enabled/00-toppcloud.conf");
         if !enabled.exists() {
             std::os::unix::fs::symlink("../sites-available/00-toppcloud.conf", &enabled)
@@ -342,7 +342,7 @@ impl Apache {
         }
         if let Err(e) = self.config_test().await {
             match old {
-                Some(bytes) => routes::write_atomic(&file, &bytes)?,
+                Some(bytes) => crate::atomic::write(&file, &bytes)?,
                 None => {
                     let _ = std::fs::remove_file(&enabled);
                     let _ = std::fs::remove_file(&file);

@@ -3,10 +3,9 @@
 //! every host it names at once, with no restart and no request lost.
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 
 /// host name -> slot name
 pub type Routes = BTreeMap<String, String>;
@@ -24,27 +23,7 @@ pub fn render(routes: &Routes) -> String {
 
 /// Replaces the map atomically: readers see the old file or the new one.
 pub fn write(path: &Path, routes: &Routes) -> Result<()> {
-    write_atomic(path, render(routes).as_bytes())
-}
-
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .with_context(|| format!("{} has no parent directory", path.display()))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp",
-        path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
-    ));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
-    f.write_all(contents)
-        .and_then(|_| f.sync_all())
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot replace {}", path.display()))?;
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-    Ok(())
+    crate::atomic::write(path, render(routes).as_bytes())
 }
 
 #[cfg(test)]

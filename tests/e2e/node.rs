@@ -55,21 +55,7 @@ fn a_node_runs_as_an_unprivileged_user() {
 
 #[test]
 fn missing_apache_names_the_packages_to_install() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[ssh]\nlisten = \"127.0.0.1:0\"\n[apache]\nlisten = \"127.0.0.1:0\"\napache2 = \"/nonexistent/apache2\"\n",
-            dir.path().join("data")
-        ),
-    )
-    .expect("write");
-    let mut cmd = Command::new(crate::support::BIN);
-    cmd.args(["node", "run", "--config"]).arg(&config);
-    let out = run_with_timeout(cmd, Duration::from_secs(60));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = crate::support::node_run_refused("[apache]\napache2 = \"/nonexistent/apache2\"\n");
     assert!(err.contains("/nonexistent/apache2 not found"), "{err}");
     assert!(
         err.contains("apt-get install apache2 libapache2-mod-wsgi-py3"),

@@ -545,6 +545,29 @@ impl Drop for Node {
     }
 }
 
+/// Runs `node run` on a loopback config with `extra` merged in, expecting it
+/// to refuse to start (exit 1); returns what it said on stderr.
+pub fn node_run_refused(extra: &str) -> String {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("node.toml");
+    let base = format!(
+        "data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[ssh]\nlisten = \"127.0.0.1:0\"\n\
+         [apache]\nlisten = \"127.0.0.1:0\"\n",
+        dir.path().join("data")
+    );
+    std::fs::write(&config, merge_toml(&base, extra)).expect("write config");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["node", "run", "--config"]).arg(&config);
+    let out = run_with_timeout(cmd, Duration::from_secs(60));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "expected the node to refuse to start:\n{err}"
+    );
+    err
+}
+
 /// Appends `extra` to `base`, merging tables `extra` repeats (TOML forbids
 /// a table twice).
 fn merge_toml(base: &str, extra: &str) -> String {

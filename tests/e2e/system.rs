@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{App, BIN, Node, run_with_timeout, wait_for};
+use crate::support::{App, Node, wait_for};
 
 struct SystemApache {
     confdir: PathBuf,
@@ -139,22 +139,7 @@ fn system_mode_restores_the_old_file_when_the_config_test_fails() {
         "ThisIsNotADirective on\n",
     )
     .expect("write");
-    let node_dir = tempfile::tempdir().expect("tempdir");
-    let config = node_dir.path().join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[ssh]\nlisten = \"127.0.0.1:0\"\n{}",
-            node_dir.path().join("data"),
-            system.node_config(port)
-        ),
-    )
-    .expect("write");
-    let mut cmd = Command::new(BIN);
-    cmd.args(["node", "run", "--config"]).arg(&config);
-    let out = run_with_timeout(cmd, Duration::from_secs(60));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = crate::support::node_run_refused(&system.node_config(port));
     assert!(
         err.contains("Apache refused the generated configuration"),
         "{err}"

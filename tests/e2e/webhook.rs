@@ -10,7 +10,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::support::{Answer, BIN, Node, Upstream, run_with_timeout, wait_for};
+use crate::support::{Answer, Node, Upstream, run_with_timeout, wait_for};
 
 const SECRET: &str = "It's a Secret to Everybody";
 const TOKEN: &str = "test-admin-token";
@@ -950,21 +950,7 @@ fn a_failed_upstream_deploy_says_why_and_keeps_the_live_release() {
 
 #[test]
 fn a_bad_site_name_in_the_config_stops_the_node_at_start() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let config = dir.path().join("node.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "data_dir = {:?}\n[http]\nlisten = \"127.0.0.1:0\"\n[sites.\"bad name\"]\nupstream = \"file:///x\"\n",
-            dir.path().join("data")
-        ),
-    )
-    .expect("write");
-    let mut cmd = Command::new(BIN);
-    cmd.args(["node", "run", "--config"]).arg(&config);
-    let out = run_with_timeout(cmd, Duration::from_secs(60));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let err = crate::support::node_run_refused("[sites.\"bad name\"]\nupstream = \"file:///x\"\n");
     assert!(
         err.contains("[sites.\"bad name\"]") && err.contains("invalid site name"),
         "{err}"
