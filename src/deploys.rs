@@ -115,6 +115,12 @@ struct Inner {
     queues: HashMap<SiteName, SiteQueue>,
 }
 
+impl Default for Registry {
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
 impl Registry {
     pub fn new() -> Registry {
         Registry {

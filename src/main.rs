@@ -1,42 +1,15 @@
 //! toppcloud: `git push` a Python WSGI app to your own server. This binary is
 //! both the node (`toppcloud node run`) and the commands that talk to it.
 
-mod access;
-mod apache;
-mod app_ini;
-mod atomic;
-mod build;
-mod client;
-mod config;
-mod control;
-mod deploys;
-mod engine;
-mod git;
-mod http;
-mod init;
-mod layout;
-mod names;
-mod node;
-mod process;
-mod progress;
-mod push;
-mod release;
-mod serve;
-mod site_state;
-mod ssh;
-mod update;
-mod upload;
-mod upstream;
-mod webhook;
-
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::NodeConfig;
-use crate::layout::Layout;
+use toppcloud::config::NodeConfig;
+use toppcloud::layout::Layout;
+use toppcloud::{access, client, control, init, node, push, serve, update};
 
 #[derive(Parser)]
 #[command(
