@@ -3,7 +3,9 @@
 # empty interpreter and answers 503; on the first request after the node sets
 # the pointer it becomes that release, for the rest of the daemon's life. The
 # node retires a slot by clearing the pointer and signalling the daemon, so a
-# recycled slot can never come back as the release it used to be.
+# recycled slot can never come back as the release it used to be. The node
+# never asks this script what it holds: it tracks daemons through the OS, as
+# the app shares this interpreter and could make it answer anything.
 import importlib.util
 import os
 import site
@@ -72,18 +74,8 @@ def _load():
     return app
 
 
-def _slot_state(start_response):
-    state = "loaded %s" % _release if _app is not None else "empty"
-    start_response("200 OK", [("Content-Type", "text/plain"), ("X-Slot-State", state),
-                              ("X-Slot-Pid", str(os.getpid()))])
-    return [state.encode() + b"\n"]
-
-
 def application(environ, start_response):
     check = environ.get("TC_CHECK") == "1"
-    # The node asks a slot what it holds without making it load anything.
-    if check and environ.get("PATH_INFO") == "/.toppcloud/slot":
-        return _slot_state(start_response)
     app = _app
     if app is None:
         with _lock:
@@ -94,20 +86,19 @@ def application(environ, start_response):
                 print("toppcloud: slot %s failed to load:\n%s" % (_SLOT, text), file=sys.stderr)
                 body = text.encode() if check else b"Internal Server Error\n"
                 start_response("500 Internal Server Error", [
-                    ("Content-Type", "text/plain; charset=utf-8"), ("X-Slot-State", "failed"),
-                    ("X-Slot-Pid", str(os.getpid()))])
+                    ("Content-Type", "text/plain; charset=utf-8"), ("X-Slot-State", "failed")])
                 return [body]
         if app is None:
             start_response("503 Service Unavailable", [
                 ("Content-Type", "text/plain"), ("Retry-After", "1"),
-                ("X-Slot-State", "empty"), ("X-Slot-Pid", str(os.getpid()))])
+                ("X-Slot-State", "empty")])
             return [b"empty slot\n"]
     if not check:
         return app(environ, start_response)
 
     # Checks confirm the expected release answers, not just any 200.
     def start_checked(status, headers, exc_info=None):
-        headers = list(headers) + [("X-Toppcloud-Release", _release), ("X-Slot-Pid", str(os.getpid()))]
+        headers = list(headers) + [("X-Toppcloud-Release", _release)]
         return start_response(status, headers, exc_info)
 
     return app(environ, start_checked)

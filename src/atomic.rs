@@ -1,5 +1,6 @@
 //! Writing a file the way every piece of node state is written: to a
-//! temporary file beside it, synced, then renamed over it.
+//! temporary file beside it, synced, then renamed over it. Node state is
+//! root's alone (0600) unless a caller says otherwise.
 
 use std::io::Write;
 use std::path::Path;
@@ -9,6 +10,12 @@ use anyhow::{Context, Result};
 /// Replaces `path` with `contents`: readers see the old file or the new
 /// one, never a part, and the new one survives a crash once this returns.
 pub fn write(path: &Path, contents: &[u8]) -> Result<()> {
+    write_mode(path, contents, 0o600)
+}
+
+/// `write`, the new file getting exactly `mode` (whatever the umask).
+pub fn write_mode(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent directory", path.display()))?;
@@ -16,8 +23,15 @@ pub fn write(path: &Path, contents: &[u8]) -> Result<()> {
         ".{}.tmp",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("file")
     ));
-    let mut f =
-        std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?;
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", tmp.display()))?;
     f.write_all(contents)
         .and_then(|_| f.sync_all())
         .with_context(|| format!("cannot write {}", tmp.display()))?;

@@ -1,7 +1,9 @@
 //! Virtualenvs for releases, built with uv on the interpreter mod_wsgi
-//! embeds. A venv is keyed by a hash of the app's requirements and shared by
-//! every release with the same ones, so an unchanged set of requirements
-//! redeploys with no download and no install at all.
+//! embeds, as the site's own account. A venv is keyed by the site and a hash
+//! of its requirements and shared by the site's releases with the same ones,
+//! so an unchanged set of requirements redeploys with no download and no
+//! install at all. Once built it is sealed (owned by root, read-only to the
+//! site) before any daemon imports from it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -13,8 +15,10 @@ use tokio::process::Command;
 
 use crate::config::BuildConfig;
 use crate::layout::Layout;
+use crate::names::SiteName;
 use crate::process::{run_captured, run_streamed};
 use crate::progress::Progress;
+use crate::users::Account;
 
 const COMPLETE: &str = ".toppcloud-complete";
 
@@ -111,6 +115,16 @@ impl Requirements {
         })
     }
 
+    /// The requirement lines, without blanks and comments.
+    fn specs(&self) -> Vec<String> {
+        self.text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with('#'))
+            .map(str::to_string)
+            .collect()
+    }
+
     fn is_empty(&self) -> bool {
         self.text
             .lines()
@@ -118,6 +132,32 @@ impl Requirements {
             .all(|l| l.is_empty() || l.starts_with('#'))
     }
 }
+
+/// Who a build runs as and where it keeps its files.
+pub struct BuildFor<'a> {
+    pub site: &'a SiteName,
+    /// The site's account; None on a node that runs every site as itself.
+    pub account: Option<&'a Account>,
+}
+
+/// Variables of the node's own environment that may steer uv (an index
+/// mirror, a proxy): the node admin's settings, passed on by name.
+const UV_PASSTHROUGH: &[&str] = &[
+    "UV_INDEX_URL",
+    "UV_DEFAULT_INDEX",
+    "UV_EXTRA_INDEX_URL",
+    "UV_INDEX",
+    "UV_FIND_LINKS",
+    "UV_OFFLINE",
+    "HTTP_PROXY",
+    "HTTPS_PROXY",
+    "NO_PROXY",
+    "http_proxy",
+    "https_proxy",
+    "no_proxy",
+    "SSL_CERT_FILE",
+    "SSL_CERT_DIR",
+];
 
 impl Builder {
     pub fn new(cfg: BuildConfig, layout: Layout) -> Builder {
@@ -129,17 +169,29 @@ impl Builder {
         }
     }
 
-    fn uv(&self) -> Command {
+    /// uv with a clean environment: nothing from the app's directory
+    /// (`--no-config`: no uv.toml, no `[tool.uv]`) and nothing from the
+    /// node's environment but the admin's index and proxy settings.
+    fn uv(&self, home: Option<&Path>, cache: &Path) -> Command {
         let mut c = Command::new(&self.cfg.uv);
-        let cache = self
-            .cfg
-            .uv_cache_dir
-            .clone()
-            .unwrap_or_else(|| self.layout.uv_cache());
-        c.env("UV_CACHE_DIR", cache)
+        c.env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("LANG", "C.UTF-8")
+            .env("UV_CACHE_DIR", cache)
+            .env("UV_NO_CONFIG", "1")
             .env("UV_PYTHON_DOWNLOADS", "never")
             .env("UV_NO_PROGRESS", "1")
+            // Never share an inode between the site's cache and a sealed venv.
+            .env("UV_LINK_MODE", "copy")
             .env("NO_COLOR", "1");
+        if let Some(h) = home {
+            c.env("HOME", h).env("TMPDIR", h.join("tmp"));
+        }
+        for name in UV_PASSTHROUGH {
+            if let Some(v) = std::env::var_os(name) {
+                c.env(name, v);
+            }
+        }
         c
     }
 
@@ -153,7 +205,8 @@ impl Builder {
         Ok(())
     }
 
-    /// The empty venv every slot's interpreter starts from.
+    /// The empty venv every slot's interpreter starts from (the node's own,
+    /// built as root from nothing a site controls).
     pub async fn ensure_base(&self) -> Result<()> {
         self.check_tools()?;
         let base = self.layout.base_venv();
@@ -161,38 +214,52 @@ impl Builder {
             return Ok(());
         }
         let _ = std::fs::remove_dir_all(&base);
-        let mut c = self.uv();
+        let cache = self.node_cache();
+        let mut c = self.uv(None, &cache);
         c.arg("venv")
             .arg("--python")
             .arg(&self.cfg.python)
-            .arg(&base);
+            .arg(&base)
+            .current_dir("/");
         run_captured(c, "uv venv").await.map_err(|e| {
             anyhow::anyhow!("{e}\nhint: install uv (provisioning/install-deps does)")
         })?;
         std::fs::write(base.join(COMPLETE), b"")?;
+        open_up(&base)?;
         Ok(())
     }
 
+    fn node_cache(&self) -> PathBuf {
+        self.cfg
+            .uv_cache_dir
+            .clone()
+            .unwrap_or_else(|| self.layout.uv_cache())
+    }
+
     /// Gives `release_dir/venv` the app's requirements and compiles the
-    /// app's own code (the daemons cannot write `__pycache__` into a release).
+    /// app's own code (the daemons cannot write `__pycache__` into a
+    /// release). The app dir must be sealed already: the build runs as the
+    /// site's account and may read it, never change it.
     pub async fn build(
         &self,
         app_dir: &Path,
         release_dir: &Path,
+        who: &BuildFor<'_>,
         progress: &Progress,
     ) -> Result<VenvLease> {
         self.check_tools()?;
         let reqs = Requirements::read(app_dir)?;
-        let key = self.key(&reqs, release_dir);
+        let key = self.key(&reqs, who.site, release_dir);
         let lease = self.lease(&key);
-        let venv = self.layout.venvs_dir().join(&key);
+        let venvs = self.layout.site_venvs(who.site);
+        let venv = venvs.join(&key);
         let lock = {
             let mut b = self.building.lock().unwrap_or_else(|e| e.into_inner());
             b.entry(key.clone()).or_default().clone()
         };
         {
             let _building = lock.lock().await;
-            if venv.join(COMPLETE).exists() {
+            if is_complete(&venv, who.account.is_some()) {
                 if reqs.is_empty() {
                     progress.say("-----> no requirements: using an empty environment");
                 } else {
@@ -203,20 +270,31 @@ impl Builder {
                     ));
                 }
             } else {
-                self.create(&venv, &reqs, app_dir, progress).await?;
+                self.create(&venv, &reqs, app_dir, who, progress).await?;
             }
         }
         std::os::unix::fs::symlink(&venv, release_dir.join("venv"))
             .context("cannot link the release's venv")?;
+        Ok(lease)
+    }
+
+    /// Compiles the app's own files as the node: `-I` keeps the app's
+    /// directory (and every PYTHON* variable) off the compiler's path, and
+    /// compiling runs none of the app's code.
+    pub async fn compile_app(&self, app_dir: &Path, progress: &Progress) {
         let mut c = Command::new(&self.cfg.python);
         // Sequential: worker processes cost more than they save here.
-        c.args(["-m", "compileall", "-q"]).arg(app_dir);
+        c.args(["-I", "-m", "compileall", "-q"])
+            .arg(app_dir)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("LANG", "C.UTF-8")
+            .current_dir("/");
         if let Err(e) = run_captured(c, "python3 -m compileall").await {
             // A file that does not compile only matters if the app imports
             // it, and then the check reports the real error.
             progress.say(format!("warning: some files do not compile: {e}"));
         }
-        Ok(lease)
     }
 
     async fn create(
@@ -224,35 +302,62 @@ impl Builder {
         venv: &Path,
         reqs: &Requirements,
         app_dir: &Path,
+        who: &BuildFor<'_>,
         progress: &Progress,
     ) -> Result<()> {
         let _ = std::fs::remove_dir_all(venv);
-        std::fs::create_dir_all(self.layout.venvs_dir())?;
+        let venvs = venv.parent().context("a venv has no parent")?;
+        create_dir(venvs, 0o751, None)?;
+        let home = self.layout.site_home(who.site);
+        let owner = who.account.map(|a| (a.uid, a.gid));
+        create_dir(&home, 0o700, owner)?;
+        create_dir(&home.join("tmp"), 0o700, owner)?;
+        let cache = match who.account {
+            Some(_) => {
+                let c = home.join("cache");
+                create_dir(&c, 0o700, owner)?;
+                c
+            }
+            None => self.node_cache(),
+        };
+        // The site's account builds into a directory it owns; the node
+        // seals it before any daemon imports from it.
+        create_dir(venv, 0o700, owner)?;
         let result = async {
-            let mut c = self.uv();
+            let mut c = self.uv(Some(&home), &cache);
             c.arg("venv")
+                .arg("--allow-existing")
                 .arg("--python")
                 .arg(&self.cfg.python)
                 .arg(venv)
                 .current_dir(app_dir);
+            if let Some(a) = who.account {
+                a.apply(&mut c);
+            }
             run_streamed(c, "uv venv", "       ", progress).await?;
             if !reqs.is_empty() {
                 progress.say(format!("-----> installing {}", reqs.source));
-                let file = venv.join("toppcloud-requirements.txt");
-                std::fs::write(&file, &reqs.text)?;
-                let mut c = self.uv();
+                let mut c = self.uv(Some(&home), &cache);
                 c.args(["pip", "install", "--compile-bytecode", "--python"])
-                    .arg(venv.join("bin/python"))
-                    .arg("-r")
-                    .arg(if reqs.source == "requirements.txt" {
-                        app_dir.join("requirements.txt")
-                    } else {
-                        file
-                    })
-                    .current_dir(app_dir);
+                    .arg(venv.join("bin/python"));
+                if reqs.source == "requirements.txt" {
+                    c.arg("-r").arg(app_dir.join("requirements.txt"));
+                } else {
+                    // pyproject's dependencies, one per argument: no file
+                    // the site's account could swap mid-build.
+                    c.arg("--").args(reqs.specs());
+                }
+                c.current_dir(app_dir);
+                if let Some(a) = who.account {
+                    a.apply(&mut c);
+                }
                 run_streamed(c, "uv pip install", "       ", progress)
                     .await
                     .with_context(|| format!("installing {} failed", reqs.source))?;
+            }
+            crate::tree::seal(venv, who.account.map(|a| a.gid), crate::tree::Seal::Private)?;
+            if who.account.is_none() {
+                open_up(venv)?;
             }
             std::fs::write(venv.join(COMPLETE), b"")?;
             anyhow::Ok(())
@@ -264,11 +369,23 @@ impl Builder {
         result
     }
 
-    fn key(&self, reqs: &Requirements, release_dir: &Path) -> String {
+    /// A venv is shared by the releases of one site whose requirements are
+    /// the same; never by two sites (each builds its own, as its own
+    /// account, so no site can decide what another imports).
+    fn key(&self, reqs: &Requirements, site: &SiteName, release_dir: &Path) -> String {
         let mut h = Sha256::new();
-        h.update(b"toppcloud venv v1\n");
+        h.update(b"toppcloud venv v2\n");
+        h.update(site.as_str().as_bytes());
+        h.update(b"\n");
         h.update(self.cfg.python.as_os_str().as_encoded_bytes());
         h.update(b"\n");
+        for name in UV_PASSTHROUGH {
+            if let Some(v) = std::env::var_os(name) {
+                h.update(name.as_bytes());
+                h.update(v.as_encoded_bytes());
+                h.update(b"\n");
+            }
+        }
         h.update(reqs.text.as_bytes());
         if reqs.local {
             h.update(release_dir.as_os_str().as_encoded_bytes());
@@ -289,10 +406,11 @@ impl Builder {
         }
     }
 
-    /// Deletes venvs no release links to and no deploy in flight holds.
-    pub fn collect(&self, referenced: &HashSet<String>) {
+    /// Deletes the site's venvs that no release links to and no deploy in
+    /// flight holds.
+    pub fn collect(&self, site: &SiteName, referenced: &HashSet<String>) {
         let leased = self.leased.lock().unwrap_or_else(|e| e.into_inner());
-        let Ok(entries) = std::fs::read_dir(self.layout.venvs_dir()) else {
+        let Ok(entries) = std::fs::read_dir(self.layout.site_venvs(site)) else {
             return;
         };
         for e in entries.flatten() {
@@ -309,10 +427,75 @@ impl Builder {
             if lock.as_ref().is_some_and(|l| l.try_lock().is_err()) {
                 continue;
             }
-            tracing::info!(venv = %name, "removing unused environment");
+            tracing::info!(site = %site, venv = %name, "removing unused environment");
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// A venv is complete once the node marked it, after sealing it; on a root
+/// node the marker counts only if root wrote it (the site's account could
+/// otherwise fake one in a directory it once owned).
+fn is_complete(venv: &Path, isolating: bool) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(dir), Ok(mark)) = (
+        std::fs::symlink_metadata(venv),
+        std::fs::symlink_metadata(venv.join(COMPLETE)),
+    ) else {
+        return false;
+    };
+    !isolating || (dir.uid() == 0 && mark.uid() == 0 && dir.is_dir())
+}
+
+/// Creates `dir` if missing with `mode`, owned by `owner` when given.
+pub fn create_dir(dir: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
+    }
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
+            .with_context(|| format!("cannot chown {}", dir.display()))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("cannot chmod {}", dir.display()))
+}
+
+/// Makes a node-built tree readable by everyone (the base venv every
+/// daemon starts from; a venv on a node that runs sites as itself).
+fn open_up(root: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for entry in walk(root) {
+        let meta = std::fs::symlink_metadata(&entry)?;
+        if meta.file_type().is_symlink() {
+            continue;
+        }
+        let mode = meta.permissions().mode();
+        let add = if meta.is_dir() || mode & 0o100 != 0 {
+            0o055
+        } else {
+            0o044
+        };
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(mode | add))?;
+    }
+    Ok(())
+}
+
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i].clone();
+        i += 1;
+        if std::fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir())
+            && let Ok(entries) = std::fs::read_dir(&p)
+        {
+            out.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    out
 }
 
 /// The venv key a release links to, read back from its `venv` symlink.

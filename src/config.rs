@@ -23,6 +23,9 @@ pub struct NodeConfig {
     pub ssh: SshConfig,
     /// Per-site settings, keyed by site name.
     pub sites: BTreeMap<String, SiteConfig>,
+    /// The file this config was read from, if any.
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -121,10 +124,17 @@ pub struct ApacheConfig {
     pub mode: ApacheMode,
     /// Where sites are served. In private mode port 0 picks a free port.
     pub listen: SocketAddr,
-    /// mod_wsgi daemon slots in the pool; each site takes three (live,
-    /// previous, spare). The pool grows by itself, at the cost of a graceful
-    /// restart, when a new site finds it full.
-    pub slots: usize,
+    /// Cells in the pool when it starts, and how many it grows by. A site
+    /// takes a cell for its life; the pool grows by itself, at the cost of
+    /// one graceful restart, when a new site finds no free cell.
+    pub cells: usize,
+    /// mod_wsgi daemons per cell (at least 3): the site's live and previous
+    /// releases and its spares. More spares let back-to-back deploys skip
+    /// waiting for Apache to re-fork the daemon the last deploy retired.
+    pub cell_size: usize,
+    /// On a node run as root, each cell's daemons and builds run as their
+    /// own account: this prefix and the cell's number (`tc-c0003`).
+    pub account_prefix: String,
     /// Longest request an app may legitimately run, in seconds: a retired
     /// slot gets this long to finish in-flight requests.
     pub request_timeout: u64,
@@ -160,6 +170,7 @@ impl Default for NodeConfig {
             build: BuildConfig::default(),
             ssh: SshConfig::default(),
             sites: BTreeMap::new(),
+            source: None,
         }
     }
 }
@@ -179,7 +190,9 @@ impl Default for ApacheConfig {
         ApacheConfig {
             mode: ApacheMode::Private,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
-            slots: 12,
+            cells: 4,
+            cell_size: 4,
+            account_prefix: "tc-c".into(),
             request_timeout: 60,
             idle_timeout: 600,
             apache2: "/usr/sbin/apache2".into(),
@@ -276,11 +289,53 @@ impl NodeConfig {
         if cfg.ssh.authorized_keys.is_none() {
             cfg.ssh.authorized_keys = Some(cfg.data_dir.join("authorized_keys"));
         }
-        if cfg.apache.slots < 3 {
-            bail!("[apache] slots must be at least 3 (one site takes three)");
+        if cfg.apache.cell_size < 3 {
+            bail!(
+                "[apache] cell_size must be at least 3 (a site's live, previous and spare daemons)"
+            );
         }
+        if cfg.apache.cells == 0 {
+            bail!("[apache] cells must be at least 1");
+        }
+        crate::users::check_prefix(&cfg.apache.account_prefix)
+            .context("[apache] account_prefix")?;
+        cfg.source = config.map(Path::to_path_buf).or_else(|| {
+            let file = cfg.data_dir.join("node.toml");
+            file.is_file().then_some(file)
+        });
         cfg.sites = normalise_sites(std::mem::take(&mut cfg.sites), &cfg.domain)?;
         Ok(cfg)
+    }
+
+    /// Whether the config holds a credential (the admin token, a webhook
+    /// secret): then its file must be readable by its owner alone.
+    pub fn holds_secrets(&self) -> bool {
+        self.http.admin_token().is_some() || self.sites.values().any(|s| s.secret().is_some())
+    }
+
+    /// Refuses a config file that holds secrets and that other users can
+    /// read, saying how to fix it.
+    pub fn check_file_mode(&self) -> Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(path) = &self.source else {
+            return Ok(());
+        };
+        if !self.holds_secrets() {
+            return Ok(());
+        }
+        let mode = std::fs::metadata(path)
+            .with_context(|| format!("cannot read {}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            bail!(
+                "{} holds secrets (admin_token, webhook_secret) and other users can read it (mode {:o})\nhint: chmod 600 {}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            );
+        }
+        Ok(())
     }
 
     /// What the node should warn about at start: settings that leave a

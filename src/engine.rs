@@ -1,13 +1,17 @@
-//! The deploy engine: every way in (the `node deploy` command now; git push,
-//! rsync and webhooks later) becomes one `DeployRequest`, and one pipeline
-//! makes it live:
+//! The deploy engine: every way in (`node deploy`, git push, rsync uploads,
+//! webhooks) becomes one `DeployRequest`, and one pipeline makes it live:
 //!
-//!   wait for the site's turn -> stage -> read app.ini -> build -> load into
-//!   the spare slot -> check -> switch routes -> record -> retire and prune
+//!   wait for the site's turn -> stage -> read app.ini -> build (as the
+//!   site's account) -> load into a spare slot of the site's cell -> check
+//!   -> switch routes -> record -> retire and prune
 //!
 //! Anything that fails before the switch removes the new release and leaves
 //! every host serving what it served before; that failure path is written
 //! once, in `deploy`.
+//!
+//! Each site owns a cell of the slot pool for its life: a few mod_wsgi
+//! daemons that run as the cell's own account, so no daemon, build or
+//! upload of one site ever runs as root or as another site.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -20,13 +24,15 @@ use tracing::Instrument;
 
 use crate::apache::{self, Apache};
 use crate::app_ini::AppIni;
-use crate::build::{Builder, venv_key_of};
+use crate::build::{BuildFor, Builder, create_dir, venv_key_of};
 use crate::config::NodeConfig;
 use crate::layout::Layout;
 use crate::names::{ReleaseId, SiteName};
 use crate::progress::Progress;
 use crate::release::{self, ReleaseFile, RunnerSpec};
 use crate::site_state::{Placed, ReleaseRecord, SiteState};
+use crate::tree::{self, Seal};
+use crate::users::{self, Account};
 
 /// The version string apps see in `TOPPCLOUD`.
 pub const NODE_VERSION: &str = concat!("toppcloud/", env!("CARGO_PKG_VERSION"));
@@ -73,17 +79,36 @@ pub struct Engine {
     apache: Apache,
     builder: Builder,
     state: Mutex<NodeState>,
+    /// The account of each cell (None on a node that runs sites as itself).
+    accounts: Mutex<Vec<Option<Account>>>,
     /// One deploy per site at a time; the locks die with the process.
     turns: Mutex<HashMap<SiteName, Arc<tokio::sync::Mutex<()>>>>,
-    /// Serialises pool growth (a graceful restart).
+    /// Serialises cell assignment and pool growth (a graceful restart).
     pool_growth: tokio::sync::Mutex<()>,
 }
 
 struct NodeState {
-    pool: usize,
+    /// The pool's size, in cells.
+    cells: usize,
+    /// Which site owns each cell: for the node's life, since a cell's
+    /// account has run that site's code.
+    owners: BTreeMap<usize, SiteName>,
     sites: BTreeMap<SiteName, SiteState>,
     /// Slots taken by deploys in flight (loading or checking a release).
     claimed: HashSet<String>,
+}
+
+/// `cells.toml`: cell number -> site.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct CellsFile {
+    #[serde(default)]
+    cells: BTreeMap<String, String>,
+}
+
+/// Where an rsync upload lands, and who may write there.
+pub struct UploadArea {
+    pub path: PathBuf,
+    pub account: Option<Account>,
 }
 
 impl NodeState {
@@ -96,6 +121,13 @@ impl NodeState {
             .map(|p| p.slot.clone())
             .chain(self.claimed.iter().cloned())
             .collect()
+    }
+
+    fn cell_of(&self, site: &SiteName) -> Option<usize> {
+        self.owners
+            .iter()
+            .find(|(_, s)| *s == site)
+            .map(|(c, _)| *c)
     }
 
     fn routes(&self) -> apache::routes::Routes {
@@ -138,26 +170,31 @@ impl Engine {
             }
         }
         let _ = std::fs::remove_dir_all(layout.tmp_dir());
+        let owners = load_cells(&layout, &cfg.domain)?;
+        let cell_size = cfg.apache.cell_size;
         let highest = sites
             .values()
             .flat_map(|s| [&s.live, &s.prev])
             .flatten()
-            .map(|p| &p.slot)
-            .filter_map(|s| s.trim_start_matches('s').parse::<usize>().ok())
+            .filter_map(|p| apache::slot_index(&p.slot))
+            .map(|i| i / cell_size)
+            .chain(owners.keys().copied())
             .max();
-        let mut pool = cfg.apache.slots;
-        while highest.is_some_and(|h| h >= pool) {
-            pool += cfg.apache.slots;
+        let mut cells = cfg.apache.cells;
+        while highest.is_some_and(|h| h >= cells) {
+            cells += cfg.apache.cells;
         }
         Ok(Engine {
             apache: Apache::new(cfg.apache.clone(), layout.clone()),
             builder: Builder::new(cfg.build.clone(), layout.clone()),
             layout,
             state: Mutex::new(NodeState {
-                pool,
+                cells,
+                owners,
                 sites,
                 claimed: HashSet::new(),
             }),
+            accounts: Mutex::new(Vec::new()),
             turns: Mutex::new(HashMap::new()),
             pool_growth: tokio::sync::Mutex::new(()),
             cfg,
@@ -249,7 +286,10 @@ impl Engine {
     /// their pointers before Apache (re)starts, so they come up empty.
     pub async fn start(&self) -> Result<()> {
         self.builder.ensure_base().await?;
-        let (pool, live_slots, routes) = {
+        // Site code reaches nothing here but through its own paths.
+        create_dir(&self.layout.sites_dir(), 0o711, None)?;
+        create_dir(&self.layout.tmp_dir(), 0o700, None)?;
+        let (cells, live_slots, routes) = {
             let st = self.state();
             let live: HashSet<String> = st
                 .sites
@@ -258,21 +298,123 @@ impl Engine {
                 .flatten()
                 .map(|p| p.slot.clone())
                 .collect();
-            (st.pool, live, st.routes())
+            (st.cells, live, st.routes())
         };
-        for i in 0..pool {
+        let accounts = self.ensure_accounts(cells).await?;
+        for i in 0..cells * self.apache.cell_size() {
             let slot = apache::slot_name(i);
             if !live_slots.contains(&slot) {
-                self.apache.clear_pointer(&slot)?;
+                self.apache.forget(&slot)?;
             }
         }
-        let dir = self.layout.apache_dir();
-        std::fs::create_dir_all(&dir)
-            .with_context(|| format!("cannot create {}", dir.display()))?;
+        create_dir(&self.layout.apache_dir(), 0o711, None)?;
         apache::routes::write(&self.layout.routes_map(), &routes)?;
-        self.apache.start(pool).await?;
-        self.collect_venvs();
+        self.apache.start(accounts).await?;
+        let sites: Vec<SiteName> = self.state().sites.keys().cloned().collect();
+        for site in sites {
+            self.collect_venvs(&site);
+        }
         Ok(())
+    }
+
+    /// The accounts of cells `0..cells`, created where missing (a root
+    /// node), or none at all (a node that runs every site as itself).
+    async fn ensure_accounts(&self, cells: usize) -> Result<Vec<Option<Account>>> {
+        let have = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        let mut more = Vec::new();
+        for cell in have..cells {
+            more.push(if users::isolating() {
+                let name = users::cell_account_name(&self.cfg.apache.account_prefix, cell);
+                Some(users::ensure(&name).await?)
+            } else {
+                None
+            });
+        }
+        let mut accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        accounts.extend(more);
+        Ok(accounts.clone())
+    }
+
+    /// The cell the site owns, assigning a free one (growing the pool when
+    /// there is none) the first time; recorded before any of the site's
+    /// code runs as its account.
+    async fn site_cell(&self, site: &SiteName, progress: &Progress) -> Result<usize> {
+        let _growth = self.pool_growth.lock().await;
+        loop {
+            let grow_to = {
+                let mut st = self.state();
+                if let Some(c) = st.cell_of(site) {
+                    return Ok(c);
+                }
+                let free = (0..st.cells).find(|c| !st.owners.contains_key(c));
+                if let Some(cell) = free {
+                    st.owners.insert(cell, site.clone());
+                    if let Err(e) = save_cells(&self.layout, &st.owners) {
+                        st.owners.remove(&cell);
+                        return Err(e);
+                    }
+                    return Ok(cell);
+                }
+                st.cells + self.cfg.apache.cells
+            };
+            progress.say(format!(
+                "-----> every cell of the pool is taken: growing it to {grow_to} cells (restarts Apache gracefully)"
+            ));
+            let accounts = self.ensure_accounts(grow_to).await?;
+            self.apache.resize(accounts).await?;
+            self.state().cells = grow_to;
+        }
+    }
+
+    /// The account that runs the site's code (None: the node's own user),
+    /// with the site's directories made for it.
+    async fn site_account(&self, site: &SiteName, progress: &Progress) -> Result<Option<Account>> {
+        let cell = self.site_cell(site, progress).await?;
+        let account = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(cell)
+            .cloned()
+            .flatten();
+        create_dir(&self.layout.site_dir(site), 0o711, None)?;
+        create_dir(&self.layout.releases_dir(site), 0o711, None)?;
+        Ok(account)
+    }
+
+    /// A fresh upload area for the site, seeded with its live release (so
+    /// rsync sends only what changed) and writable by the site's account
+    /// only. The caller removes it when done.
+    pub async fn upload_area(&self, site: &SiteName, progress: &Progress) -> Result<UploadArea> {
+        let account = self.site_account(site, progress).await?;
+        let uploads = self.layout.uploads_dir(site);
+        create_dir(&uploads, 0o711, None)?;
+        let path = uploads.join(hex::encode(rand::random::<[u8; 8]>()));
+        let seed = self.live_app_dir(site);
+        let owner = account.as_ref().map(|a| (a.uid, a.gid));
+        let area = path.clone();
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            create_dir(&area, 0o700, None)?;
+            if let Some(live) = seed {
+                release::seed(&live, &area)?;
+            }
+            // Deepest first: until the area itself changes hands, nobody
+            // but root can reach anything in it.
+            if let Some((uid, gid)) = owner {
+                for dir in dirs_deepest_first(&area) {
+                    std::os::unix::fs::lchown(&dir, Some(uid), Some(gid))
+                        .with_context(|| format!("cannot chown {}", dir.display()))?;
+                }
+            }
+            Ok(())
+        })
+        .await
+        .context("preparing the upload area was interrupted")??;
+        Ok(UploadArea { path, account })
     }
 
     pub async fn stop(&self) {
@@ -375,26 +517,36 @@ impl Engine {
         let dir = attempt.release_dir.clone();
         progress.say(format!("-----> deploying {site}, release {id}"));
 
-        // Stage: a fresh, private copy of the tree.
+        // Stage: a fresh copy only root can change, links kept as links
+        // and judged by where they really lead.
         if !req.source.is_dir() {
             bail!("{} is not a directory", req.source.display());
         }
-        std::fs::create_dir_all(self.layout.releases_dir(site))?;
+        let account = self.site_account(site, progress).await?;
+        let gid = account.as_ref().map(|a| a.gid);
         if dir.exists() {
             std::fs::remove_dir_all(&dir)?;
         }
+        create_dir(&dir, 0o700, None)?;
         let app_dir = release::app_dir(&dir);
         let src = req.source.clone();
         let dest = app_dir.clone();
-        let staged = tokio::task::spawn_blocking(move || release::stage(&src, &dest))
-            .await
-            .context("staging was interrupted")??;
-        progress.say(format!("-----> staged {} files", staged.files));
-        for link in &staged.skipped_links {
-            progress.say(format!(
-                "warning: {link}: symlink points outside the app; left out"
-            ));
+        let (files, outward) = tokio::task::spawn_blocking(move || {
+            release::stage(&src, &dest).map(|n| (n, tree::outward_links(&dest)))
+        })
+        .await
+        .context("staging was interrupted")??;
+        if let Some((link, target)) = outward.first() {
+            let more = match outward.len() {
+                1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            bail!(
+                "{link}: symlink points outside the app (-> {}){more}; links must stay inside the app",
+                target.display()
+            );
         }
+        progress.say(format!("-----> staged {files} files"));
 
         // app.ini
         let (ini, warnings) = AppIni::load(&app_dir).map_err(anyhow::Error::new)?;
@@ -412,8 +564,17 @@ impl Engine {
             progress.say("warning: app.ini: packages is not supported; ignored");
         }
 
-        // Build
-        let lease = self.builder.build(&app_dir, &dir, progress).await?;
+        // Build: the app is sealed first (the build reads it as the site's
+        // account and must not change it), then its venv is built as that
+        // account and sealed in turn.
+        self.builder.compile_app(&app_dir, progress).await;
+        tree::seal(&app_dir, gid, Seal::App)?;
+        seal_release_dir(&dir, gid)?;
+        let who = BuildFor {
+            site,
+            account: account.as_ref(),
+        };
+        let lease = self.builder.build(&app_dir, &dir, &who, progress).await?;
         let mut env = BTreeMap::new();
         env.insert("SITE".to_string(), site.to_string());
         env.insert("CANONICAL_HOST".to_string(), site.to_string());
@@ -432,9 +593,10 @@ impl Engine {
             env,
         }
         .write(&dir)?;
+        seal_release_dir(&dir, gid)?;
 
         // Load into a spare slot, warm, before any public host points at it.
-        let slot = self.claim_spare(progress).await?;
+        let slot = self.claim_spare(site)?;
         attempt.slot = Some(slot.clone());
         self.apache
             .wait_empty(
@@ -472,7 +634,7 @@ impl Engine {
         }
         self.prune(site);
         drop(lease);
-        self.collect_venvs();
+        self.collect_venvs(site);
         Ok(Deployed {
             release: id,
             version: ini.version,
@@ -489,33 +651,28 @@ impl Engine {
         ReleaseId::new(id)
     }
 
-    /// An empty slot from the node-wide pool: not live or previous for any
-    /// site, not claimed by another deploy. Spares are shared by all sites,
-    /// so a site costs two daemons (live, previous), and the one retired
-    /// longest ago is taken: a deploy right after another need not wait for
-    /// the daemon that deploy retired (Apache re-forks it only on its 1 s
-    /// maintenance tick). A full pool grows (one graceful restart).
-    async fn claim_spare(&self, progress: &Progress) -> Result<String> {
-        let _growth = self.pool_growth.lock().await;
-        loop {
-            let grow_to = {
-                let mut st = self.state();
-                let used = st.used_slots();
-                let free = (0..st.pool)
-                    .map(apache::slot_name)
-                    .filter(|n| !used.contains(n))
-                    .min_by_key(|n| self.apache.retired_at(n));
-                if let Some(slot) = free {
-                    st.claimed.insert(slot.clone());
-                    return Ok(slot);
-                }
-                st.pool + self.cfg.apache.slots
-            };
-            progress.say(format!(
-                "-----> the slot pool is full: growing it to {grow_to} (restarts Apache gracefully)"
-            ));
-            self.apache.resize(grow_to).await?;
-            self.state().pool = grow_to;
+    /// An empty slot of the site's own cell: not live or previous, not
+    /// claimed. Of the cell's spares, the one retired longest ago: a deploy
+    /// right after another need not wait for the daemon that deploy retired
+    /// (Apache re-forks it only on its 1 s maintenance tick).
+    fn claim_spare(&self, site: &SiteName) -> Result<String> {
+        let mut st = self.state();
+        let cell = st
+            .cell_of(site)
+            .with_context(|| format!("internal error: {site} has no cell"))?;
+        let used = st.used_slots();
+        let free = self
+            .apache
+            .cell_slots(cell)
+            .into_iter()
+            .filter(|n| !used.contains(n))
+            .min_by_key(|n| self.apache.retired_at(n));
+        match free {
+            Some(slot) => {
+                st.claimed.insert(slot.clone());
+                Ok(slot)
+            }
+            None => bail!("internal error: the cell of {site} has no spare daemon"),
         }
     }
 
@@ -638,19 +795,16 @@ impl Engine {
         }
     }
 
-    fn collect_venvs(&self) {
+    fn collect_venvs(&self, site: &SiteName) {
         let mut referenced = HashSet::new();
-        let sites: Vec<SiteName> = self.state().sites.keys().cloned().collect();
-        for site in sites {
-            if let Ok(entries) = std::fs::read_dir(self.layout.releases_dir(&site)) {
-                for e in entries.flatten() {
-                    if let Some(k) = venv_key_of(&e.path()) {
-                        referenced.insert(k);
-                    }
+        if let Ok(entries) = std::fs::read_dir(self.layout.releases_dir(site)) {
+            for e in entries.flatten() {
+                if let Some(k) = venv_key_of(&e.path()) {
+                    referenced.insert(k);
                 }
             }
         }
-        self.builder.collect(&referenced);
+        self.builder.collect(site, &referenced);
     }
 
     fn log_deploy(&self, req: &DeployRequest, id: ReleaseId, outcome: &str, took: Duration) {
@@ -693,6 +847,79 @@ fn remove_unrecorded_releases(layout: &Layout, site: &SiteName, st: &SiteState) 
             let _ = std::fs::remove_dir_all(e.path());
         }
     }
+}
+
+/// The release dir and its `release.toml`: readable by the site's group
+/// (the shim reads the file), passable by Apache's workers on their way to
+/// `static/`.
+fn seal_release_dir(dir: &Path, gid: Option<u32>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    for (path, mode) in [
+        (dir.join("release.toml"), 0o640),
+        (dir.to_path_buf(), 0o751),
+    ] {
+        if !path.exists() {
+            continue;
+        }
+        if let Some(g) = gid {
+            std::os::unix::fs::lchown(&path, Some(0), Some(g))
+                .with_context(|| format!("cannot chown {}", path.display()))?;
+        }
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot chmod {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Directories under `root` (root included), children before parents.
+fn dirs_deepest_first(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let dir = out[i].clone();
+        i += 1;
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            for e in entries.flatten() {
+                if e.file_type().is_ok_and(|t| t.is_dir()) {
+                    out.push(e.path());
+                }
+            }
+        }
+    }
+    out.reverse();
+    out
+}
+
+fn load_cells(layout: &Layout, domain: &str) -> Result<BTreeMap<usize, SiteName>> {
+    let path = layout.cells_file();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(BTreeMap::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let file: CellsFile =
+        toml::from_str(&text).with_context(|| format!("{}: invalid", path.display()))?;
+    let mut owners = BTreeMap::new();
+    for (cell, site) in file.cells {
+        let n: usize = cell
+            .parse()
+            .with_context(|| format!("{}: {cell:?} is not a cell number", path.display()))?;
+        let site = SiteName::parse(&site, domain)
+            .with_context(|| format!("{}: cell {n}", path.display()))?;
+        owners.insert(n, site);
+    }
+    Ok(owners)
+}
+
+fn save_cells(layout: &Layout, owners: &BTreeMap<usize, SiteName>) -> Result<()> {
+    let file = CellsFile {
+        cells: owners
+            .iter()
+            .map(|(c, s)| (c.to_string(), s.to_string()))
+            .collect(),
+    };
+    let text = toml::to_string(&file).context("cannot serialise the cell owners")?;
+    crate::atomic::write(&layout.cells_file(), text.as_bytes())
 }
 
 fn indent(text: &str) -> String {

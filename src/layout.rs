@@ -60,13 +60,28 @@ impl Layout {
     pub fn slot_pointer(&self, slot: &str) -> PathBuf {
         self.slots_dir().join(slot).join("release")
     }
-    pub fn venvs_dir(&self) -> PathBuf {
-        self.root.join("venvs")
+    /// Which site owns which cell of the slot pool, for the node's life.
+    pub fn cells_file(&self) -> PathBuf {
+        self.root.join("cells.toml")
+    }
+    /// The site's virtualenvs, shared by its releases, never by other sites.
+    pub fn site_venvs(&self, site: &SiteName) -> PathBuf {
+        self.site_dir(site).join("venvs")
+    }
+    /// HOME of the site's builds: its account's own, with its uv cache and
+    /// temporary files.
+    pub fn site_home(&self, site: &SiteName) -> PathBuf {
+        self.site_dir(site).join("home")
+    }
+    /// Where the site's rsync uploads land before they are staged.
+    pub fn uploads_dir(&self, site: &SiteName) -> PathBuf {
+        self.site_dir(site).join("uploads")
     }
     /// The empty interpreter every slot starts as (mod_wsgi's python-home).
     pub fn base_venv(&self) -> PathBuf {
         self.root.join("base-venv")
     }
+    /// uv's cache on a node that runs every site as itself.
     pub fn uv_cache(&self) -> PathBuf {
         self.root.join("cache").join("uv")
     }

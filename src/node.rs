@@ -21,14 +21,24 @@ use crate::ssh;
 use crate::upstream::Upstream;
 
 pub async fn run(cfg: NodeConfig) -> Result<()> {
-    // Everything the node writes must be readable by the serving user.
-    unsafe { libc::umask(0o022) };
+    // What the node writes is its own unless it opens it up on purpose
+    // (the shim, the route map, what a site's account or Apache must read).
+    // SAFETY: umask has no preconditions.
+    unsafe { libc::umask(0o077) };
+    cfg.check_file_mode()?;
     let layout = Layout::new(cfg.data_dir.clone());
     std::fs::create_dir_all(layout.root())
         .with_context(|| format!("cannot create data dir {}", layout.root().display()))?;
-    std::fs::set_permissions(layout.root(), std::fs::Permissions::from_mode(0o755))
+    // Others may pass through (Apache's workers to static files, each
+    // site's account to its own release), never list.
+    std::fs::set_permissions(layout.root(), std::fs::Permissions::from_mode(0o711))
         .with_context(|| format!("cannot chmod {}", layout.root().display()))?;
     check_reachable(layout.root())?;
+    if !crate::users::isolating() {
+        tracing::warn!(
+            "running as a normal user: this node cannot create an account per site, so every site's code runs as this user (run the node as root to isolate sites)"
+        );
+    }
     let lock = take_lock(&layout)?;
     let _ = std::fs::remove_file(layout.ready_file());
     for w in cfg.warnings() {

@@ -3,7 +3,6 @@
 //! the WSGI shim reads to become the release and which records where it came
 //! from.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -34,78 +33,14 @@ fn excluded(name: &str, is_dir: bool) -> bool {
         .any(|s| name.ends_with(s))
 }
 
-#[derive(Debug, Default)]
-pub struct StageReport {
-    pub files: usize,
-    pub skipped_links: Vec<String>,
-}
-
 /// Copies the tree at `src` into `dest` (which must not exist), leaving out
-/// VCS directories and editor leftovers. Files become world-readable (the
-/// daemons run as www-data); symlinks survive only if they stay inside the
-/// tree, so a release can never expose a file from elsewhere on the node.
-pub fn stage(src: &Path, dest: &Path) -> Result<StageReport> {
-    let mut report = StageReport::default();
-    std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
-    copy_dir(src, src, dest, &mut report)?;
-    Ok(report)
-}
-
-fn copy_dir(root: &Path, src: &Path, dest: &Path, report: &mut StageReport) -> Result<()> {
-    let entries =
-        std::fs::read_dir(src).with_context(|| format!("cannot read {}", src.display()))?;
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot read {}", src.display()))?;
-        let name = entry.file_name();
-        let name_str = name.to_string_lossy();
-        let from = entry.path();
-        let to = dest.join(&name);
-        let meta = std::fs::symlink_metadata(&from)
-            .with_context(|| format!("cannot read {}", from.display()))?;
-        let ft = meta.file_type();
-        if ft.is_dir() {
-            if excluded(&name_str, true) {
-                continue;
-            }
-            std::fs::create_dir(&to).with_context(|| format!("cannot create {}", to.display()))?;
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o755))?;
-            copy_dir(root, &from, &to, report)?;
-        } else if ft.is_file() {
-            if excluded(&name_str, false) {
-                continue;
-            }
-            std::fs::copy(&from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
-            // Kept so a later rsync upload sees unchanged files as unchanged.
-            if let Ok(mtime) = meta.modified() {
-                let _ = std::fs::File::options()
-                    .write(true)
-                    .open(&to)
-                    .and_then(|f| f.set_modified(mtime));
-            }
-            let mode = if meta.permissions().mode() & 0o111 != 0 {
-                0o755
-            } else {
-                0o644
-            };
-            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(mode))?;
-            report.files += 1;
-        } else if ft.is_symlink() {
-            let target = std::fs::read_link(&from)?;
-            let rel = from
-                .strip_prefix(root)
-                .unwrap_or(&from)
-                .display()
-                .to_string();
-            if link_stays_inside(root, &from, &target) {
-                std::os::unix::fs::symlink(&target, &to)
-                    .with_context(|| format!("cannot create {}", to.display()))?;
-            } else {
-                report.skipped_links.push(rel);
-            }
-        }
-        // Sockets, fifos and devices have no place in an app.
-    }
-    Ok(())
+/// VCS directories and editor leftovers, without following any link (the
+/// source may be an upload area its site can still change). Returns the
+/// number of files; links are kept as links, for `tree::outward_links` to
+/// judge on the copy.
+pub fn stage(src: &Path, dest: &Path) -> Result<usize> {
+    let keep = |name: &str, is_dir: bool| !excluded(name, is_dir);
+    Ok(crate::tree::copy_untrusted(src, dest, &keep)?.files)
 }
 
 /// Fills `dest` with hard links to the files of `src` (a release's app dir),
@@ -137,60 +72,6 @@ pub fn seed(src: &Path, dest: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// Symlinks under `root` that point outside it, relative to `root`.
-pub fn outward_symlinks(root: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let path = e.path();
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                stack.push(path);
-            } else if ft.is_symlink() {
-                let inside =
-                    std::fs::read_link(&path).is_ok_and(|t| link_stays_inside(root, &path, &t));
-                if !inside {
-                    out.push(
-                        path.strip_prefix(root)
-                            .unwrap_or(&path)
-                            .display()
-                            .to_string(),
-                    );
-                }
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
-/// Whether a relative symlink at `link` resolves, lexically, inside `root`.
-fn link_stays_inside(root: &Path, link: &Path, target: &Path) -> bool {
-    if target.is_absolute() {
-        return false;
-    }
-    let Ok(rel_dir) = link.parent().unwrap_or(root).strip_prefix(root) else {
-        return false;
-    };
-    let mut depth: i64 = rel_dir.components().count() as i64;
-    for c in target.components() {
-        match c {
-            std::path::Component::ParentDir => depth -= 1,
-            std::path::Component::Normal(_) => depth += 1,
-            std::path::Component::CurDir => {}
-            _ => return false,
-        }
-        if depth < 0 {
-            return false;
-        }
-    }
-    true
 }
 
 /// How the shim finds the app's WSGI callable (the shape tomllib reads).
@@ -277,31 +158,6 @@ mod tests {
     }
 
     #[test]
-    fn symlinks_must_stay_inside() {
-        let root = Path::new("/r");
-        assert!(link_stays_inside(
-            root,
-            Path::new("/r/static/a"),
-            Path::new("../b")
-        ));
-        assert!(!link_stays_inside(
-            root,
-            Path::new("/r/a"),
-            Path::new("../etc/passwd")
-        ));
-        assert!(!link_stays_inside(
-            root,
-            Path::new("/r/a"),
-            Path::new("/etc/passwd")
-        ));
-        assert!(!link_stays_inside(
-            root,
-            Path::new("/r/s/a"),
-            Path::new("../../x")
-        ));
-    }
-
-    #[test]
     fn stage_copies_and_filters() {
         let src = tempfile::tempdir().unwrap();
         let dst = tempfile::tempdir().unwrap();
@@ -313,9 +169,12 @@ mod tests {
         std::os::unix::fs::symlink("/etc/passwd", src.path().join("static/p")).unwrap();
         std::os::unix::fs::symlink("a.txt", src.path().join("static/b")).unwrap();
         let out = dst.path().join("app");
-        let r = stage(src.path(), &out).unwrap();
-        assert_eq!(r.files, 2);
-        assert_eq!(r.skipped_links, vec!["static/p".to_string()]);
+        assert_eq!(stage(src.path(), &out).unwrap(), 2);
+        let outward: Vec<String> = crate::tree::outward_links(&out)
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
+        assert_eq!(outward, vec!["static/p".to_string()]);
         assert!(out.join("static/b").exists());
         assert!(!out.join(".git").exists());
         assert!(!out.join("main.pyc").exists());

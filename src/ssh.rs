@@ -450,36 +450,13 @@ impl GitJob {
     /// whatever happens.
     async fn rsync(self, channel: Channel<Msg>, upload: crate::upload::Upload) -> Result<()> {
         let turn = self.turn(&channel).await;
-        let layout = &self.shared.layout;
-        let area = layout
-            .tmp_dir()
-            .join(format!("upload-{}", hex::encode(rand::random::<[u8; 8]>())));
-        let _cleanup = RemoveOnDrop(area.clone());
-        let seed = self.shared.engine.live_app_dir(&self.site);
-        let seeded = {
-            let area = area.clone();
-            tokio::task::spawn_blocking(move || match seed {
-                Some(live) => crate::release::seed(&live, &area),
-                None => std::fs::create_dir_all(&area).context("cannot create the upload area"),
-            })
-            .await?
-        };
-        let (code, w) = match seeded {
-            Ok(()) => {
-                let mut cmd = tokio::process::Command::new("rsync");
-                cmd.arg("--server")
-                    .args(&upload.options)
-                    .arg(".")
-                    .arg(format!("{}/", area.display()))
-                    .current_dir(&area)
-                    .env_clear()
-                    .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-                    .env("LANG", "C.UTF-8")
-                    .stdin(Stdio::piped())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped());
-                pump(cmd, channel, self.cancel.clone()).await?
-            }
+        let prepared = self
+            .shared
+            .engine
+            .upload_area(&self.site, &Progress::channel().0)
+            .await;
+        let area = match prepared {
+            Ok(a) => a,
             Err(e) => {
                 let (_, w) = channel.split();
                 let line = format!("toppcloud: cannot prepare the upload: {e:#}\n");
@@ -488,6 +465,25 @@ impl GitJob {
                 return Err(e);
             }
         };
+        let _cleanup = RemoveOnDrop(area.path.clone());
+        // The receiver runs as the site's account, into the site's area:
+        // whatever it is told, it can write nowhere else.
+        let mut cmd = tokio::process::Command::new("rsync");
+        cmd.arg("--server")
+            .args(&upload.options)
+            .arg(".")
+            .arg(format!("{}/", area.path.display()))
+            .current_dir(&area.path)
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("LANG", "C.UTF-8")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if let Some(a) = &area.account {
+            a.apply(&mut cmd);
+        }
+        let (code, w) = pump(cmd, channel, self.cancel.clone()).await?;
         if code != 0 {
             finish(&w, code, &self.cancel).await;
             return Ok(());
@@ -498,26 +494,17 @@ impl GitJob {
             w.make_writer_ext(Some(1)),
             self.cancel.clone(),
         ));
-        let outward = {
-            let area = area.clone();
-            tokio::task::spawn_blocking(move || crate::release::outward_symlinks(&area)).await?
+        let req = DeployRequest {
+            site: self.site.clone(),
+            source: area.path.clone(),
+            origin: format!("toppcloud update by {}", self.identity.name),
+            sha: None,
         };
-        let deployed = if let Some(link) = outward.first() {
-            Err(anyhow::anyhow!(
-                "{link}: symlink points outside the app; the upload is refused"
-            ))
-        } else {
-            let req = DeployRequest {
-                site: self.site.clone(),
-                source: area.clone(),
-                origin: format!("toppcloud update by {}", self.identity.name),
-                sha: None,
-            };
-            self.shared
-                .engine
-                .deploy_in_turn(&turn, req, &progress)
-                .await
-        };
+        let deployed = self
+            .shared
+            .engine
+            .deploy_in_turn(&turn, req, &progress)
+            .await;
         let code = match deployed {
             Ok(d) => {
                 progress.say(d.summary());

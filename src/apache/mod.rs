@@ -18,6 +18,7 @@ use tokio::process::Command;
 use crate::config::{ApacheConfig, ApacheMode};
 use crate::layout::Layout;
 use crate::process::run_captured;
+use crate::users::Account;
 
 const HTTPD_CONF: &str = include_str!("../../server-files/apache/httpd.conf.in");
 const SITES_CONF: &str = include_str!("../../server-files/apache/sites.conf.in");
@@ -29,29 +30,59 @@ const NOT_FOUND: &str = include_str!("../../server-files/errors/404.html");
 const INSTALL_HINT: &str =
     "hint: apt-get install apache2 libapache2-mod-wsgi-py3 (or run provisioning/install-deps)";
 
-/// The host name that reaches one slot directly, from loopback only.
+const CHECK_SUFFIX: &str = ".check.toppcloud.invalid";
+
+/// The host name that reaches one slot directly: only from loopback, and
+/// only with the node's secret (see `CHECK_HEADER`).
 pub fn check_host(slot: &str) -> String {
-    format!("{slot}.check.toppcloud.invalid")
+    format!("{slot}{CHECK_SUFFIX}")
 }
 
 pub fn slot_name(index: usize) -> String {
     format!("s{index:03}")
 }
 
+/// The pool index of a slot name (`s007` -> 7).
+pub fn slot_index(slot: &str) -> Option<usize> {
+    slot.strip_prefix('s')?.parse().ok()
+}
+
+/// The header that marks the node's own check requests. Apache accepts a
+/// check host only with the node's secret in it, and strips it before the
+/// request reaches any app, so no app learns it.
+const CHECK_HEADER: &str = "X-Toppcloud-Check";
+
 pub struct Apache {
     cfg: ApacheConfig,
     layout: Layout,
     listen: Mutex<SocketAddr>,
-    /// slot -> pid of the daemon last told to retire; its replacement is
-    /// recognised by a different pid.
-    retired: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Written into the (root-only) Apache config at every start.
+    check_token: String,
+    /// The account of each pool cell (None: the node's own user).
+    accounts: Mutex<Vec<Option<Account>>>,
+    /// What the node knows of each slot's daemons, from the OS alone.
+    watch: Mutex<HashMap<String, SlotWatch>>,
 }
 
-/// What a slot's shim says it holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SlotState {
-    Empty { pid: u32 },
-    Loaded { pid: u32, release: String },
+/// A mod_wsgi daemon as the kernel knows it: a pid and its start time, so a
+/// recycled pid is never mistaken for the process that had it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Daemon {
+    pub pid: u32,
+    start: u64,
+}
+
+/// The node never asks a daemon what it holds (the app shares its
+/// interpreter and could answer anything). Instead it remembers when it
+/// pointed a slot at a release: every daemon alive from then until the
+/// pointer was cleared may have loaded it, and must be replaced (by Apache,
+/// after a signal) before the slot counts as empty.
+#[derive(Debug, Default)]
+struct SlotWatch {
+    pointer_set: bool,
+    suspects: Vec<Daemon>,
+    signalled: Option<Instant>,
+    retired_at: Option<Instant>,
 }
 
 impl Apache {
@@ -61,8 +92,26 @@ impl Apache {
             cfg,
             layout,
             listen: Mutex::new(listen),
-            retired: Mutex::new(HashMap::new()),
+            check_token: hex::encode(rand::random::<[u8; 16]>()),
+            accounts: Mutex::new(Vec::new()),
+            watch: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Daemons per cell: a site's live, previous and spare slots.
+    pub fn cell_size(&self) -> usize {
+        self.cfg.cell_size
+    }
+
+    /// The slots of cell `cell`.
+    pub fn cell_slots(&self, cell: usize) -> Vec<String> {
+        let n = self.cfg.cell_size;
+        (cell * n..(cell + 1) * n).map(slot_name).collect()
+    }
+
+    /// The cell a slot belongs to.
+    pub fn cell_of(&self, slot: &str) -> Option<usize> {
+        slot_index(slot).map(|i| i / self.cfg.cell_size)
     }
 
     pub fn listen(&self) -> SocketAddr {
@@ -130,11 +179,11 @@ impl Apache {
             );
         }
         if self.cfg.mode == ApacheMode::System {
-            for m in ["wsgi", "rewrite"] {
+            for m in ["wsgi", "rewrite", "headers"] {
                 let load = self.cfg.config_dir.join(format!("mods-enabled/{m}.load"));
                 if !load.exists() {
                     bail!(
-                        "Apache module {m} is not enabled in {}\nhint: a2enmod wsgi rewrite",
+                        "Apache module {m} is not enabled in {}\nhint: a2enmod wsgi rewrite headers",
                         self.cfg.config_dir.display()
                     );
                 }
@@ -143,23 +192,35 @@ impl Apache {
         Ok(())
     }
 
-    fn render_sites(&self, pool: usize) -> String {
+    fn render_sites(&self) -> String {
         let data = self.layout.root().display().to_string();
         let share = self.layout.share_dir().display().to_string();
         let base = self.layout.base_venv().display().to_string();
         let t = self.cfg.request_timeout;
+        let accounts = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut daemons = String::new();
-        for i in 0..pool {
-            // graceful-timeout lets in-flight requests of a retired slot
-            // finish; shutdown-timeout bounds the rest. `home` because
-            // mod_wsgi otherwise enters the user's home, which may not exist.
-            daemons.push_str(&format!(
-                "WSGIDaemonProcess tc_{slot} python-home=\"{base}\" home=\"{share}\" processes=1 threads=4 \
-                 display-name=%{{GROUP}} inactivity-timeout={idle} graceful-timeout={t} \
-                 shutdown-timeout={t} lang=C.UTF-8 locale=C.UTF-8\n",
-                slot = slot_name(i),
-                idle = self.cfg.idle_timeout,
-            ));
+        for (cell, account) in accounts.iter().enumerate() {
+            // A cell's daemons share its account, fixed here: Apache starts
+            // them as that user, so no daemon ever runs another site's code.
+            let user = account
+                .as_ref()
+                .map(|a| format!(" user={name} group={name}", name = a.name))
+                .unwrap_or_default();
+            for slot in self.cell_slots(cell) {
+                // graceful-timeout lets in-flight requests of a retired slot
+                // finish; shutdown-timeout bounds the rest. `home` because
+                // mod_wsgi otherwise enters the user's home, which may not exist.
+                daemons.push_str(&format!(
+                    "WSGIDaemonProcess tc_{slot}{user} python-home=\"{base}\" home=\"{share}\" processes=1 threads=4 \
+                     display-name=%{{GROUP}} inactivity-timeout={idle} graceful-timeout={t} \
+                     shutdown-timeout={t} lang=C.UTF-8 locale=C.UTF-8\n",
+                    idle = self.cfg.idle_timeout,
+                ));
+            }
         }
         let vhost = match self.cfg.mode {
             ApacheMode::Private => format!("*:{}", self.listen().port()),
@@ -175,6 +236,8 @@ impl Apache {
                 &self.layout.routes_map().display().to_string(),
             )
             .replace("{{VHOST}}", &vhost)
+            .replace("{{CHECK_HEADER}}", CHECK_HEADER)
+            .replace("{{CHECK_TOKEN}}", &self.check_token)
     }
 
     fn render_httpd(&self) -> String {
@@ -196,16 +259,26 @@ impl Apache {
     }
 
     /// Writes the files Apache reads that come with the binary.
+    /// Every daemon (each cell's account) reads the shim and runner, and
+    /// Apache's workers read the route map and error pages: those are
+    /// public; the rest of `apache/` is root's.
     fn write_share(&self) -> Result<()> {
+        let dir = self.layout.apache_dir();
         let share = self.layout.share_dir();
-        std::fs::create_dir_all(share.join("errors"))
-            .with_context(|| format!("cannot create {}", share.display()))?;
-        crate::atomic::write(&share.join("runner.py"), RUNNER.as_bytes())?;
-        crate::atomic::write(&share.join("shim.wsgi"), SHIM.as_bytes())?;
-        crate::atomic::write(&share.join("errors/404.html"), NOT_FOUND.as_bytes())?;
+        crate::build::create_dir(&dir, 0o711, None)?;
+        crate::build::create_dir(&share, 0o755, None)?;
+        crate::build::create_dir(&share.join("errors"), 0o755, None)?;
+        for (path, text) in [
+            (share.join("runner.py"), RUNNER),
+            (share.join("shim.wsgi"), SHIM),
+            (share.join("errors/404.html"), NOT_FOUND),
+        ] {
+            crate::atomic::write_mode(&path, text.as_bytes(), 0o644)?;
+        }
         if !self.layout.routes_map().exists() {
             routes::write(&self.layout.routes_map(), &routes::Routes::new())?;
         }
+        crate::build::create_dir(&self.layout.slots_dir(), 0o711, None)?;
         Ok(())
     }
 
@@ -242,21 +315,21 @@ impl Apache {
     /// Writes the configuration for a pool of `pool` slots and starts Apache,
     /// or restarts it gracefully when one is already running (a node that
     /// crashed leaves its private Apache serving, which is what we want).
-    pub async fn start(&self, pool: usize) -> Result<()> {
+    pub async fn start(&self, cells: Vec<Option<Account>>) -> Result<()> {
         self.check_installed()?;
         self.write_share()?;
+        *self.accounts.lock().unwrap_or_else(|e| e.into_inner()) = cells;
         match self.cfg.mode {
-            ApacheMode::Private => self.start_private(pool).await,
-            ApacheMode::System => self.apply_system(pool).await,
+            ApacheMode::Private => self.start_private().await,
+            ApacheMode::System => self.apply_system().await,
         }
     }
 
-    async fn start_private(&self, pool: usize) -> Result<()> {
+    async fn start_private(&self) -> Result<()> {
         let dir = self.layout.apache_dir();
-        for sub in ["run", "logs"] {
-            std::fs::create_dir_all(dir.join(sub))
-                .with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
-        }
+        // run/ holds mod_wsgi's sockets, which Apache's workers must reach.
+        crate::build::create_dir(&dir.join("run"), 0o711, None)?;
+        crate::build::create_dir(&dir.join("logs"), 0o700, None)?;
         let running = self.parent_pid();
         let port_file = dir.join("listen");
         let mut attempts = 0;
@@ -274,8 +347,9 @@ impl Apache {
                 free_port(want)?
             };
             *self.listen.lock().unwrap_or_else(|e| e.into_inner()) = addr;
-            crate::atomic::write(&self.sites_conf(), self.render_sites(pool).as_bytes())?;
-            crate::atomic::write(&self.private_conf(), self.render_httpd().as_bytes())?;
+            // Both hold the check token: root's alone (Apache reads them as root).
+            crate::atomic::write_mode(&self.sites_conf(), self.render_sites().as_bytes(), 0o600)?;
+            crate::atomic::write_mode(&self.private_conf(), self.render_httpd().as_bytes(), 0o600)?;
             self.config_test().await?;
             let verb = if running.is_some() {
                 "graceful"
@@ -329,12 +403,12 @@ impl Apache {
 
     /// System mode: write our site file into Debian's Apache, test the whole
     /// configuration, and restore the previous file if the test fails.
-    async fn apply_system(&self, pool: usize) -> Result<()> {
+    async fn apply_system(&self) -> Result<()> {
         let file = self.sites_conf();
         let old = std::fs::read(&file).ok();
         let dir = file.parent().context("sites-available has no parent")?;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        crate::atomic::write(&file, self.render_sites(pool).as_bytes())?;
+        crate::atomic::write_mode(&file, self.render_sites().as_bytes(), 0o600)?;
         let enabled = self.cfg.config_dir.join("sites-enabled/00-toppcloud.conf");
         if !enabled.exists() {
             std::os::unix::fs::symlink("../sites-available/00-toppcloud.conf", &enabled)
@@ -342,7 +416,7 @@ impl Apache {
         }
         if let Err(e) = self.config_test().await {
             match old {
-                Some(bytes) => crate::atomic::write(&file, &bytes)?,
+                Some(bytes) => crate::atomic::write_mode(&file, &bytes, 0o600)?,
                 None => {
                     let _ = std::fs::remove_file(&enabled);
                     let _ = std::fs::remove_file(&file);
@@ -364,8 +438,8 @@ impl Apache {
 
     /// Grows the pool: every daemon restarts (a graceful restart), which is
     /// why the pool is sized ahead and grows in blocks.
-    pub async fn resize(&self, pool: usize) -> Result<()> {
-        self.start(pool).await
+    pub async fn resize(&self, cells: Vec<Option<Account>>) -> Result<()> {
+        self.start(cells).await
     }
 
     /// Stops the private instance and waits for its parent to exit.
@@ -385,51 +459,61 @@ impl Apache {
         Ok(())
     }
 
-    /// A request through Apache as the node's own client.
+    /// A request through Apache as the node's own client; to a check host
+    /// it carries the node's secret, without which Apache refuses it.
     pub async fn get(&self, host: &str, path: &str, timeout: Duration) -> Result<probe::Response> {
-        Ok(probe::get(self.probe_addr(), host, path, timeout).await?)
+        let extra = if host.ends_with(CHECK_SUFFIX) {
+            vec![format!("{CHECK_HEADER}: {}", self.check_token)]
+        } else {
+            Vec::new()
+        };
+        Ok(probe::get(self.probe_addr(), host, path, &extra, timeout).await?)
     }
 
-    /// Asks a slot's shim what it holds, without making it load anything.
-    pub async fn slot_state(&self, slot: &str) -> Result<SlotState> {
-        let r = self
-            .get(
-                &check_host(slot),
-                "/.toppcloud/slot",
-                Duration::from_secs(10),
-            )
-            .await?;
-        let pid = r
-            .header("x-slot-pid")
-            .and_then(|p| p.parse().ok())
-            .with_context(|| format!("slot {slot} answered {} without its pid", r.status))?;
-        match r.header("x-slot-state").unwrap_or_default() {
-            "empty" => Ok(SlotState::Empty { pid }),
-            s => Ok(SlotState::Loaded {
-                pid,
-                release: s.trim_start_matches("loaded ").to_string(),
-            }),
-        }
+    fn watch<T>(&self, f: impl FnOnce(&mut HashMap<String, SlotWatch>) -> T) -> T {
+        f(&mut self.watch.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
     pub fn set_pointer(&self, slot: &str, release_dir: &Path) -> Result<()> {
         let ptr = self.layout.slot_pointer(slot);
         let dir = ptr.parent().context("slot pointer has no parent")?;
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        crate::build::create_dir(dir, 0o711, None)?;
         let tmp = dir.join(".release.tmp");
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(release_dir, &tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
+        // From here on, any daemon of the slot may become the release.
+        self.watch(|w| w.entry(slot.to_string()).or_default().pointer_set = true);
         std::fs::rename(&tmp, &ptr).with_context(|| format!("cannot replace {}", ptr.display()))
     }
 
+    /// Clears a slot's pointer; the daemons that may have loaded it become
+    /// suspects, to be replaced before the slot is given anything else.
     pub fn clear_pointer(&self, slot: &str) -> Result<()> {
         let ptr = self.layout.slot_pointer(slot);
         match std::fs::remove_file(&ptr) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e).with_context(|| format!("cannot remove {}", ptr.display())),
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", ptr.display())),
         }
+        let alive = self.daemons_of(slot);
+        self.watch(|w| {
+            let st = w.entry(slot.to_string()).or_default();
+            if st.pointer_set {
+                st.suspects.extend(alive);
+                st.pointer_set = false;
+                st.signalled = None;
+            }
+        });
+        Ok(())
+    }
+
+    /// At start, the node cannot know what the slots that hold neither a
+    /// live nor a previous release loaded before (a deploy in flight when
+    /// it stopped): their pointers go, and their daemons are suspects.
+    pub fn forget(&self, slot: &str) -> Result<()> {
+        self.watch(|w| w.entry(slot.to_string()).or_default().pointer_set = true);
+        self.clear_pointer(slot)
     }
 
     /// Retires whatever a slot holds: its pointer is cleared first, so the
@@ -437,73 +521,119 @@ impl Apache {
     /// lets in-flight requests finish (graceful-timeout) before it exits.
     pub async fn retire(&self, slot: &str) -> Result<()> {
         self.clear_pointer(slot)?;
-        match self.slot_state(slot).await? {
-            SlotState::Empty { .. } => Ok(()),
-            SlotState::Loaded { pid, .. } => self.signal_daemon(slot, pid),
-        }
+        self.watch(|w| w.entry(slot.to_string()).or_default().retired_at = Some(Instant::now()));
+        self.signal_suspects(slot)
     }
 
-    fn signal_daemon(&self, slot: &str, pid: u32) -> Result<()> {
+    /// Signals the slot's suspect daemons: SIGUSR1 once, SIGKILL if one is
+    /// still there after the longest legitimate request (an app can block
+    /// or ignore the polite signal; it only delays its own site).
+    fn signal_suspects(&self, slot: &str) -> Result<()> {
         let parent = self
             .parent_pid()
             .context("Apache is not running: no pid file")?;
-        if !is_our_daemon(pid, parent, slot) {
-            bail!("pid {pid} is not slot {slot}'s daemon under Apache {parent}; not signalling it");
-        }
-        // SAFETY: kill(2) with a pid checked above to be our Apache's child.
-        if unsafe { libc::kill(pid as i32, libc::SIGUSR1) } != 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() != Some(libc::ESRCH) {
-                return Err(e).with_context(|| format!("cannot signal slot {slot} (pid {pid})"));
+        let grace = self.request_timeout() + Duration::from_secs(5);
+        let (suspects, signalled) = self.watch(|w| {
+            let st = w.entry(slot.to_string()).or_default();
+            (st.suspects.clone(), st.signalled)
+        });
+        let uid = self.slot_uid(slot);
+        let signal = match signalled {
+            None => libc::SIGUSR1,
+            Some(at) if at.elapsed() > grace => libc::SIGKILL,
+            Some(_) => return Ok(()),
+        };
+        for d in suspects {
+            if !is_daemon(d, parent, slot, uid) {
+                continue;
+            }
+            // SAFETY: kill(2) on a pid just checked to be this slot's daemon
+            // under our Apache, with the same start time (not a reused pid).
+            if unsafe { libc::kill(d.pid as i32, signal) } != 0 {
+                let e = std::io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    return Err(e)
+                        .with_context(|| format!("cannot signal slot {slot} (pid {})", d.pid));
+                }
+            }
+            if signal == libc::SIGKILL {
+                tracing::warn!(
+                    slot,
+                    pid = d.pid,
+                    "a retired daemon outlived its grace; killed"
+                );
             }
         }
-        self.retired
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(slot.to_string(), (pid, Instant::now()));
+        self.watch(|w| {
+            let st = w.entry(slot.to_string()).or_default();
+            if signal == libc::SIGUSR1 || st.signalled.is_none() {
+                st.signalled = Some(Instant::now());
+            }
+        });
         Ok(())
     }
 
     /// When the slot's daemon was last told to retire, if ever (None sorts
     /// first: a slot never retired is the readiest).
     pub fn retired_at(&self, slot: &str) -> Option<Instant> {
-        self.retired
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(slot)
-            .map(|(_, at)| *at)
+        self.watch(|w| w.get(slot).and_then(|s| s.retired_at))
     }
 
-    /// Waits until a slot is an empty daemon that is not the one last retired:
-    /// only then may a release be pointed at it (a stray request to a daemon
-    /// that still held a pointer would have loaded the wrong release).
+    /// Waits until a slot has a daemon that cannot hold anything: none of
+    /// the suspects, forked by Apache since. Only then may a release be
+    /// pointed at it (a stray request to a daemon that still held a pointer
+    /// would have served the wrong release).
     pub async fn wait_empty(&self, slot: &str, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
-        let mut last_err = None;
         loop {
-            let retired = self
-                .retired
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .get(slot)
-                .map(|(pid, _)| *pid);
-            match self.slot_state(slot).await {
-                Ok(SlotState::Empty { pid }) if Some(pid) != retired => return Ok(()),
-                Ok(SlotState::Empty { .. }) => {}
-                Ok(SlotState::Loaded { pid, .. }) => {
-                    self.clear_pointer(slot)?;
-                    if Some(pid) != retired {
-                        self.signal_daemon(slot, pid)?;
-                    }
-                }
-                Err(e) => last_err = Some(e),
+            let alive = self.daemons_of(slot);
+            let suspects = self.watch(|w| {
+                let st = w.entry(slot.to_string()).or_default();
+                st.suspects.retain(|d| alive.contains(d));
+                st.suspects.clone()
+            });
+            if suspects.is_empty() && !alive.is_empty() {
+                self.watch(|w| w.entry(slot.to_string()).or_default().signalled = None);
+                return Ok(());
+            }
+            if !suspects.is_empty() {
+                self.signal_suspects(slot)?;
             }
             if Instant::now() > deadline {
-                let why = last_err.map(|e| format!(": {e:#}")).unwrap_or_default();
-                bail!("slot {slot} did not come back empty within {limit:?}{why}");
+                bail!(
+                    "slot {slot} did not come back empty within {limit:?} ({} daemon(s) to replace, {} running)",
+                    suspects.len(),
+                    alive.len()
+                );
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The uid a slot's daemons run as, when the node gave its cell one.
+    fn slot_uid(&self, slot: &str) -> Option<u32> {
+        let cell = self.cell_of(slot)?;
+        let accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
+        accounts.get(cell).cloned().flatten().map(|a| a.uid)
+    }
+
+    /// The slot's daemons, from /proc: children of our Apache parent named
+    /// for the slot (and, on a root node, running as its cell's account).
+    pub fn daemons_of(&self, slot: &str) -> Vec<Daemon> {
+        let Some(parent) = self.parent_pid() else {
+            return Vec::new();
+        };
+        let uid = self.slot_uid(slot);
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter_map(|pid| daemon_info(pid))
+            .filter(|(d, ppid, _, _)| *ppid == parent && is_daemon(*d, parent, slot, uid))
+            .map(|(d, ..)| d)
+            .collect()
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -511,18 +641,33 @@ impl Apache {
     }
 }
 
-/// Is `pid` the mod_wsgi daemon of `slot`, a child of our Apache `parent`?
-fn is_our_daemon(pid: u32, parent: u32, slot: &str) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+/// A process's start time, parent and uid, from /proc.
+fn daemon_info(pid: u32) -> Option<(Daemon, u32, u32, Vec<u8>)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the parenthesised command: state (3), ppid (4), ...
+    // starttime (22).
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ppid = rest.get(1)?.parse().ok()?;
+    let start = rest.get(19)?.parse().ok()?;
+    use std::os::unix::fs::MetadataExt;
+    let uid = std::fs::metadata(format!("/proc/{pid}")).ok()?.uid();
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    Some((Daemon { pid, start }, ppid, uid, cmdline))
+}
+
+/// Is `d` (still) the mod_wsgi daemon of `slot`: the same process (pid and
+/// start time), a child of our Apache `parent`, named for the slot, and on
+/// a root node running as the slot's cell account. The name alone proves
+/// nothing (a process can rename itself); the parent and the account can
+/// only be what Apache gave it.
+fn is_daemon(d: Daemon, parent: u32, slot: &str, uid: Option<u32>) -> bool {
+    let Some((now, ppid, owner, cmdline)) = daemon_info(d.pid) else {
         return false;
     };
-    // Fields after the parenthesised command: state, ppid, ...
-    let ppid = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-        .and_then(|p| p.parse::<u32>().ok());
-    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-    ppid == Some(parent) && cmdline.starts_with(format!("(wsgi:tc_{slot})").as_bytes())
+    now == d
+        && ppid == parent
+        && uid.is_none_or(|u| u == owner)
+        && cmdline.starts_with(format!("(wsgi:tc_{slot})").as_bytes())
 }
 
 fn free_port(want: SocketAddr) -> Result<SocketAddr> {

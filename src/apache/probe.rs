@@ -1,5 +1,5 @@
 //! A minimal HTTP/1.0 client for the node's own requests through Apache:
-//! slot state, release checks, `update_fetch`. The Host header is what
+//! release checks and `update_fetch`. The Host header is what
 //! routes the request, so it is set explicitly; nothing leaves loopback.
 
 use std::net::SocketAddr;
@@ -39,22 +39,31 @@ pub enum ProbeError {
     Malformed(String),
 }
 
+/// GET `path` with `Host: host`, plus `extra` header lines (each without
+/// its CRLF; the node's own, never a client's).
 pub async fn get(
     addr: SocketAddr,
     host: &str,
     path: &str,
+    extra: &[String],
     timeout: Duration,
 ) -> Result<Response, ProbeError> {
-    tokio::time::timeout(timeout, get_inner(addr, host, path))
+    tokio::time::timeout(timeout, get_inner(addr, host, path, extra))
         .await
         .map_err(|_| ProbeError::Timeout(timeout))?
 }
 
-async fn get_inner(addr: SocketAddr, host: &str, path: &str) -> Result<Response, ProbeError> {
+async fn get_inner(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    extra: &[String],
+) -> Result<Response, ProbeError> {
     let connect = |source| ProbeError::Connect { addr, source };
     let mut stream = TcpStream::connect(addr).await.map_err(connect)?;
+    let extra: String = extra.iter().map(|h| format!("{h}\r\n")).collect();
     let request = format!(
-        "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: toppcloud-node\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: toppcloud-node\r\n{extra}Connection: close\r\n\r\n"
     );
     stream
         .write_all(request.as_bytes())

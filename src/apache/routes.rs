@@ -22,8 +22,9 @@ pub fn render(routes: &Routes) -> String {
 }
 
 /// Replaces the map atomically: readers see the old file or the new one.
+/// Apache's workers read it, so it is public (it names hosts and slots).
 pub fn write(path: &Path, routes: &Routes) -> Result<()> {
-    crate::atomic::write(path, render(routes).as_bytes())
+    crate::atomic::write_mode(path, render(routes).as_bytes(), 0o644)
 }
 
 #[cfg(test)]

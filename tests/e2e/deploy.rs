@@ -143,21 +143,23 @@ fn the_app_sees_its_environment() {
 }
 
 #[test]
-fn a_full_pool_grows_and_sites_share_spares() {
-    // Three slots: each site's live release takes one, and the spare for
-    // the next deploy is shared. The fourth deploy finds the pool full.
-    let node = Node::start_with("[apache]\nslots = 3\n");
-    for name in ["one", "two", "three"] {
-        node.deploy(name, &App::plain(name, 1, &format!("{name}\n")))
+fn a_full_pool_grows_by_cells_and_each_site_keeps_its_own() {
+    // One cell in the pool: the first site takes it; the second finds no
+    // free cell and the pool grows, while the first keeps serving.
+    let node = Node::start_with("[apache]\ncells = 1\n");
+    node.deploy("one", &App::plain("one", 1, "one\n"))
+        .success()
+        .stdout_lacks("growing");
+    node.deploy("two", &App::plain("two", 1, "two\n"))
+        .success()
+        .stdout_has("every cell of the pool is taken: growing it to 2 cells");
+    // Back-to-back deploys of one site go through its own spares.
+    for i in 2..5 {
+        node.deploy("one", &App::plain("one", 1, &format!("one v{i}\n")))
             .success()
             .stdout_lacks("growing");
     }
-    node.deploy("one", &App::plain("one", 1, "one again\n"))
-        .success()
-        .stdout_has("the slot pool is full: growing it to 6");
-    assert_eq!(node.body("one.localhost"), "one again\n");
-    assert_eq!(node.body("prev.one.localhost"), "one\n");
-    for name in ["two", "three"] {
-        assert_eq!(node.body(&format!("{name}.localhost")), format!("{name}\n"));
-    }
+    assert_eq!(node.body("one.localhost"), "one v4\n");
+    assert_eq!(node.body("prev.one.localhost"), "one v3\n");
+    assert_eq!(node.body("two.localhost"), "two\n");
 }

@@ -288,7 +288,7 @@ impl Node {
         let config = dir.path().join("node.toml");
         let base = format!(
             "data_dir = {data:?}\ndomain = \"localhost\"\n[http]\nlisten = \"127.0.0.1:0\"\n\
-             [ssh]\nlisten = \"127.0.0.1:0\"\n[apache]\nlisten = \"127.0.0.1:0\"\nslots = 6\nrequest_timeout = 10\n\
+             [ssh]\nlisten = \"127.0.0.1:0\"\n[apache]\nlisten = \"127.0.0.1:0\"\ncells = 2\nrequest_timeout = 10\n\
              [build]\nuv_cache_dir = {cache:?}\n",
             // Another user cannot share the suite's cache.
             cache = if run_as.is_some() {
