@@ -5,6 +5,7 @@
 
 mod support;
 
+mod attacks;
 mod client;
 mod crash;
 mod deploy;

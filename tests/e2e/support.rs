@@ -297,7 +297,7 @@ impl Node {
                 uv_cache()
             }
         );
-        std::fs::write(&config, merge_toml(&base, extra)).expect("write config");
+        write_private(&config, &merge_toml(&base, extra));
         if let Some((uid, gid)) = run_as {
             let status = Command::new("chown")
                 .arg("-R")
@@ -543,6 +543,14 @@ impl Drop for Node {
             }
         }
     }
+}
+
+/// Writes a node config as an admin would: readable by its owner only
+/// (a node refuses a config with secrets that others can read).
+pub fn write_private(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).expect("write config");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod config");
 }
 
 /// Runs `node run` on a loopback config with `extra` merged in, expecting it
