@@ -235,18 +235,19 @@ class Node:
     """
 
     def __init__(self, binary, ready_timeout=60.0, stop_timeout=60.0,
-                 keep_tmp=False, ssh=False, apache_slots=None,
+                 keep_tmp=False, ssh=False, apache_cells=None,
                  extra_http="", extra_config=""):
         """extra_http: lines added to the config's [http] table;
         extra_config: TOML appended after the last table ([sites.*]).
         The node always listens for ssh on a free loopback port (a dev node
         or another bench may hold 2222); ssh=True also requires node.ready to
-        name it (node.ssh_port). apache_slots sets [apache] slots."""
+        name it (node.ssh_port). apache_cells sets [apache] cells (a site
+        takes one cell for its life)."""
         self.binary = binary
         self.extra_http = extra_http
         self.extra_config = extra_config
         self.ssh = ssh
-        self.apache_slots = apache_slots
+        self.apache_cells = apache_cells
         self.ssh_addr = self.ssh_port = None
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
@@ -279,15 +280,17 @@ class Node:
             os.makedirs(d, mode=0o755)
             os.chmod(d, 0o755)
         self.config = os.path.join(self.tmp, "node.toml")
-        with open(self.config, "w") as f:
+        # The config may hold secrets: the node refuses one others can read.
+        with open(os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600),
+                  "w") as f:
             f.write(
                 f'data_dir = "{self.data_dir}"\n'
                 'domain = "localhost"\n'
                 '[http]\nlisten = "127.0.0.1:0"\n'
                 f'{self.extra_http}'
                 '[apache]\nlisten = "127.0.0.1:0"\n'
-                + (f'slots = {int(self.apache_slots)}\n'
-                   if self.apache_slots else '')
+                + (f'cells = {int(self.apache_cells)}\n'
+                   if self.apache_cells else '')
                 + '[ssh]\nlisten = "127.0.0.1:0"\n'
                 + f'[build]\nkeep_releases = 5\nuv_cache_dir = "{uv_cache}"\n'
                 + f'{self.extra_config}'

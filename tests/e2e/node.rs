@@ -51,6 +51,13 @@ fn a_node_runs_as_an_unprivileged_user() {
         uid_line.contains("65534"),
         "Apache runs as the node's user: {uid_line}"
     );
+    // It cannot give sites accounts of their own, and says so, once.
+    let log = node.log();
+    assert_eq!(
+        log.matches("cannot create an account per site").count(),
+        1,
+        "{log}"
+    );
 }
 
 #[test]
