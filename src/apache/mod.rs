@@ -215,7 +215,7 @@ impl Apache {
                 // finish; shutdown-timeout bounds the rest. `home` because
                 // mod_wsgi otherwise enters the user's home, which may not exist.
                 daemons.push_str(&format!(
-                    "WSGIDaemonProcess tc_{slot}{user} python-home=\"{base}\" home=\"{share}\" processes=1 threads=4 \
+                    "WSGIDaemonProcess tc_{slot}{user} python-home=\"{base}\" home=\"{share}\" umask=0077 processes=1 threads=4 \
                      display-name=%{{GROUP}} inactivity-timeout={idle} graceful-timeout={t} \
                      shutdown-timeout={t} lang=C.UTF-8 locale=C.UTF-8\n",
                     idle = self.cfg.idle_timeout,
