@@ -99,27 +99,32 @@ Content-Length: 53\r\n\
 \r\n\
 {\"error\": \"too many connections; try again shortly\"}\n";
 
+/// Connections over the cap being answered 503 at once; more than this
+/// are closed without an answer, so a flood costs nothing either.
+const REFUSING: usize = 32;
+
 /// Serves `app` until the process ends. The accept loop never returns: an
 /// accept error (out of file descriptors) is logged and retried.
 pub async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limits) {
     let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSING));
     let mut accept_errors = Throttle::default();
     let mut turned_away = Throttle::default();
     loop {
         let (stream, peer) = listen::accept(&listener, "http", &mut accept_errors).await;
         let Ok(slot) = slots.clone().try_acquire_owned() else {
-            // A fresh socket's send buffer takes the whole answer at once;
-            // whatever the client sent already is read off first, or the
-            // close would reset the connection before it reads the answer.
-            let _ = stream.try_read(&mut [0u8; 4096]);
-            let _ = stream.try_write(BUSY);
-            drop(stream);
             if let Some(held) = turned_away.allow(Instant::now()) {
                 tracing::warn!(
                     "http: answered 503 to {peer}: {} connections are open{}",
                     limits.max_connections,
                     listen::held_note(held)
                 );
+            }
+            if let Ok(turn) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    let _turn = turn;
+                    refuse_busy(stream).await;
+                });
             }
             continue;
         };
@@ -135,6 +140,25 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limit
             }
         });
     }
+}
+
+/// Answers 503 without reading the request, then closes. What the client
+/// sent is read and dropped for a moment first: closing a socket with
+/// unread data resets the connection, and the client might lose the answer.
+async fn refuse_busy(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let lingering = async {
+        stream.write_all(BUSY).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        for _ in 0..16 {
+            if stream.read(&mut sink).await? == 0 {
+                break;
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), lingering).await;
 }
 
 pub fn router(api: Arc<Api>) -> Router {
@@ -693,5 +717,31 @@ async fn show_deploy(
             "no deploy {:?} (the node keeps the last {KEEP_FINISHED} finished deploys, until it restarts)",
             echo(&id)
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busy_answer_is_well_formed() {
+        let text = std::str::from_utf8(BUSY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(length, body.len());
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("too many connections")
+        );
     }
 }

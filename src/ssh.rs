@@ -826,3 +826,50 @@ where
         let _ = to.flush().await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        (server, client)
+    }
+
+    #[tokio::test]
+    async fn an_idle_unauthenticated_stream_fails_at_the_deadline() {
+        let (server, _client) = pair().await;
+        let authenticated = Arc::new(AtomicBool::new(false));
+        let mut s = PreAuthStream::new(server, Duration::from_millis(200), authenticated);
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the read was woken at the deadline");
+        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(s.timed_out.load(Ordering::Relaxed));
+        // And it stays failed, for writes too.
+        assert!(s.write_all(b"x").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_authenticated_stream_has_no_deadline() {
+        let (server, mut client) = pair().await;
+        let authenticated = Arc::new(AtomicBool::new(false));
+        let mut s = PreAuthStream::new(server, Duration::from_millis(100), authenticated.clone());
+        client.write_all(b"hi").await.unwrap();
+        let mut buf = [0u8; 2];
+        s.read_exact(&mut buf).await.unwrap();
+        authenticated.store(true, Ordering::Release);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        client.write_all(b"ok").await.unwrap();
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ok");
+        assert!(!s.timed_out.load(Ordering::Relaxed));
+    }
+}

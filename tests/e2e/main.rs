@@ -9,6 +9,7 @@ mod client;
 mod crash;
 mod deploy;
 mod failures;
+mod limits;
 mod node;
 mod push;
 mod runners;
