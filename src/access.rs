@@ -129,9 +129,10 @@ fn parse_file(text: &str) -> (Vec<AuthorizedKey>, Vec<(usize, String)>) {
 }
 
 /// Finds the identity of a key whose ownership was verified (or, for an
-/// offered key, would be), connecting from `peer`. Like OpenSSH, the first
-/// line with the key decides; but a key that is also on a refused line is
-/// refused, since that line meant to restrict it.
+/// offered key, would be), connecting from `peer`. As in OpenSSH, the first
+/// line with the key whose `from=` and `expiry-time=` let it in decides
+/// (its `sites=` apply); but a key that is on any refused line is refused,
+/// since that line meant to restrict it.
 pub fn identify(path: &Path, key: &PublicKey, peer: IpAddr) -> Option<Identity> {
     identify_at(path, key, peer, unix_now())
 }
@@ -144,54 +145,53 @@ fn identify_at(path: &Path, key: &PublicKey, peer: IpAddr, now: i64) -> Option<I
             return None;
         }
     };
-    let mut lines = keys
+    let lines: Vec<AuthorizedKey> = keys
         .into_iter()
-        .filter(|k| k.key.key_data() == key.key_data());
-    let first = lines.next()?;
+        .filter(|k| k.key.key_data() == key.key_data())
+        .collect();
     let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
     let at = |k: &AuthorizedKey| format!("{}:{}", path.display(), k.line);
-    if let Some(bad) = std::iter::once(&first)
-        .chain(lines.collect::<Vec<_>>().iter())
-        .find(|k| k.grant.is_err())
-    {
-        let why = bad.grant.as_ref().err().map(String::as_str).unwrap_or("");
-        tracing::error!(
-            "refused key {} ({fingerprint}) from {peer}: {}: {why}",
-            bad.name,
-            at(bad)
-        );
-        return None;
+    for k in &lines {
+        if let Err(why) = &k.grant {
+            tracing::error!(
+                "refused key {} ({fingerprint}) from {peer}: {}: {why}",
+                k.name,
+                at(k)
+            );
+            return None;
+        }
     }
-    let Ok(grant) = &first.grant else {
-        return None;
-    };
-    if let Some(e) = &grant.expires
-        && e.passed(now)
-    {
-        tracing::warn!(
-            "refused key {} ({fingerprint}) from {peer}: it expired at {} ({})",
-            first.name,
-            e.shown(),
-            at(&first)
-        );
-        return None;
+    let name = lines.first().map(|k| k.name.clone())?;
+    let mut refusals = Vec::new();
+    for k in lines {
+        let Ok(grant) = &k.grant else { continue };
+        if let Some(e) = &grant.expires
+            && e.passed(now)
+        {
+            refusals.push(format!("it expired at {} ({})", e.shown(), at(&k)));
+            continue;
+        }
+        if let Some(from) = &grant.from
+            && !from.allows(peer)
+        {
+            refusals.push(format!(
+                "it may not connect from {peer} (from=\"{}\" at {})",
+                from.text,
+                at(&k)
+            ));
+            continue;
+        }
+        return Some(Identity {
+            fingerprint,
+            sites: grant.sites.clone(),
+            name: k.name,
+        });
     }
-    if let Some(from) = &grant.from
-        && !from.allows(peer)
-    {
-        tracing::warn!(
-            "refused key {} ({fingerprint}): it may not connect from {peer} (from=\"{}\" at {})",
-            first.name,
-            from.text,
-            at(&first)
-        );
-        return None;
-    }
-    Some(Identity {
-        name: first.name,
-        fingerprint,
-        sites: grant.sites.clone(),
-    })
+    tracing::warn!(
+        "refused key {name} ({fingerprint}) from {peer}: {}",
+        refusals.join("; ")
+    );
+    None
 }
 
 fn unix_now() -> i64 {
@@ -978,6 +978,22 @@ mod tests {
         assert!(identify_at(&path, &key, ip("10.0.0.1"), now).is_none());
         assert!(identify_at(&path, &key, local, 1_893_456_001).is_none());
         assert!(identify_at(&path, &public(OTHER), local, now).is_none());
+    }
+
+    #[test]
+    fn the_first_line_that_lets_the_key_in_decides() {
+        let (_d, path) = file(&format!(
+            "from=\"10.0.0.0/8\",sites=\"a.localhost\" {KEY}\n\
+             expiry-time=\"20200101\",sites=\"b.localhost\" {KEY}\n\
+             from=\"127.0.0.1\",sites=\"c.localhost\" {KEY}\n"
+        ));
+        let id = identify_at(&path, &public(KEY), ip("127.0.0.1"), 1_800_000_000).unwrap();
+        let site = |s: &str| SiteName::parse(s, "localhost").unwrap();
+        assert!(id.may_use(&site("c")));
+        assert!(!id.may_use(&site("a")) && !id.may_use(&site("b")));
+        let id = identify_at(&path, &public(KEY), ip("10.1.1.1"), 1_800_000_000).unwrap();
+        assert!(id.may_use(&site("a")) && !id.may_use(&site("c")));
+        assert!(identify_at(&path, &public(KEY), ip("192.0.2.1"), 1_800_000_000).is_none());
     }
 
     #[test]

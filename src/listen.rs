@@ -2,7 +2,8 @@
 //! accept error (the process out of file descriptors, a connection reset
 //! before it was accepted) is logged at most once a second and retried,
 //! never returned; and a `Gate` counts connections per source address, so a
-//! server can cap what one client (and all of them) may hold open.
+//! server can cap what one client (and all of them) may hold open before
+//! authenticating (the SSH server's use; its refusals say so).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
