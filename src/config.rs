@@ -35,6 +35,13 @@ pub struct SshConfig {
     pub listen: SocketAddr,
     /// OpenSSH format; default `<data_dir>/authorized_keys`.
     pub authorized_keys: Option<PathBuf>,
+    /// Seconds a connection has to authenticate before it is closed.
+    pub auth_timeout: u64,
+    /// Connections not yet authenticated, in all; more are closed at once.
+    pub max_unauthenticated: usize,
+    /// Connections not yet authenticated from one address (an IPv6 /64);
+    /// more are closed at once, so one client cannot use up the total.
+    pub max_unauthenticated_per_address: usize,
 }
 
 impl Default for SshConfig {
@@ -42,6 +49,9 @@ impl Default for SshConfig {
         SshConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 2222)),
             authorized_keys: None,
+            auth_timeout: 30,
+            max_unauthenticated: 64,
+            max_unauthenticated_per_address: 16,
         }
     }
 }
@@ -101,6 +111,13 @@ pub struct HttpConfig {
     pub admin_token: Option<Secret>,
     /// The largest webhook body accepted, in bytes; larger ones get 413.
     pub max_body: usize,
+    /// Seconds a client has to send a request's headers (and the longest
+    /// an idle keep-alive connection stays open).
+    pub header_timeout: u64,
+    /// Seconds a client has to send a request's body; slower ones get 408.
+    pub body_timeout: u64,
+    /// Connections served at once; more are answered 503 and closed.
+    pub max_connections: usize,
 }
 
 impl HttpConfig {
@@ -181,6 +198,9 @@ impl Default for HttpConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8022)),
             admin_token: None,
             max_body: DEFAULT_MAX_BODY,
+            header_timeout: 10,
+            body_timeout: 60,
+            max_connections: 256,
         }
     }
 }
@@ -303,6 +323,7 @@ impl NodeConfig {
             let file = cfg.data_dir.join("node.toml");
             file.is_file().then_some(file)
         });
+        cfg.check_limits()?;
         cfg.sites = normalise_sites(std::mem::take(&mut cfg.sites), &cfg.domain)?;
         Ok(cfg)
     }
@@ -334,6 +355,28 @@ impl NodeConfig {
                 mode & 0o777,
                 path.display()
             );
+        }
+        Ok(())
+    }
+
+    /// Limits of 0 would shut every client out (or, for a timeout, cut
+    /// every connection at once): refused, with the key that says so.
+    fn check_limits(&self) -> Result<()> {
+        let positive = [
+            ("[ssh] auth_timeout", self.ssh.auth_timeout as usize),
+            ("[ssh] max_unauthenticated", self.ssh.max_unauthenticated),
+            (
+                "[ssh] max_unauthenticated_per_address",
+                self.ssh.max_unauthenticated_per_address,
+            ),
+            ("[http] header_timeout", self.http.header_timeout as usize),
+            ("[http] body_timeout", self.http.body_timeout as usize),
+            ("[http] max_connections", self.http.max_connections),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                bail!("{key} must be at least 1");
+            }
         }
         Ok(())
     }
@@ -539,6 +582,55 @@ mod tests {
             "{text}"
         );
         assert_eq!(cfg.http.admin_token().map(Secret::expose), Some("tok-123"));
+    }
+
+    #[test]
+    fn limits_have_defaults_and_can_be_set() {
+        let cfg = resolved("").unwrap();
+        assert_eq!(cfg.ssh.auth_timeout, 30);
+        assert_eq!(cfg.ssh.max_unauthenticated, 64);
+        assert_eq!(cfg.ssh.max_unauthenticated_per_address, 16);
+        assert_eq!(cfg.http.header_timeout, 10);
+        assert_eq!(cfg.http.body_timeout, 60);
+        assert_eq!(cfg.http.max_connections, 256);
+
+        let cfg = resolved(
+            r#"
+            [ssh]
+            auth_timeout = 2
+            max_unauthenticated = 8
+            max_unauthenticated_per_address = 4
+            [http]
+            header_timeout = 3
+            body_timeout = 5
+            max_connections = 7
+            "#,
+        )
+        .unwrap();
+        assert_eq!(cfg.ssh.auth_timeout, 2);
+        assert_eq!(cfg.ssh.max_unauthenticated, 8);
+        assert_eq!(cfg.ssh.max_unauthenticated_per_address, 4);
+        assert_eq!(cfg.http.header_timeout, 3);
+        assert_eq!(cfg.http.body_timeout, 5);
+        assert_eq!(cfg.http.max_connections, 7);
+    }
+
+    #[test]
+    fn zero_limits_are_refused_with_their_key() {
+        for (table, key) in [
+            ("ssh", "auth_timeout"),
+            ("ssh", "max_unauthenticated"),
+            ("ssh", "max_unauthenticated_per_address"),
+            ("http", "header_timeout"),
+            ("http", "body_timeout"),
+            ("http", "max_connections"),
+        ] {
+            let err = resolved(&format!("[{table}]\n{key} = 0\n")).unwrap_err();
+            assert!(
+                format!("{err:#}").contains(&format!("[{table}] {key} must be at least 1")),
+                "{err:#}"
+            );
+        }
     }
 
     #[test]

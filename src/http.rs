@@ -7,23 +7,33 @@
 //! Handlers stay thin: webhook checks are `webhook`'s pure functions, and
 //! every deploy goes through `Upstream`, which queues it in the registry
 //! and runs it through the engine.
+//!
+//! The server is hyper's HTTP/1 under our own accept loop (`serve`), so
+//! that no client can hold the node's resources: headers must arrive within
+//! `[http] header_timeout` (which also closes idle keep-alive connections),
+//! a body within `body_timeout` and only once the request is known to be
+//! worth reading (a webhook for a configured site, an API call with the
+//! token), and at most `max_connections` are served at once.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router, body::Bytes};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
-use crate::config::NodeConfig;
+use crate::config::{HttpConfig, NodeConfig};
 use crate::deploys::{Enqueued, KEEP_FINISHED, Status};
 use crate::engine::Engine;
 use crate::layout::Layout;
+use crate::listen::{self, Throttle};
 use crate::names::SiteName;
 use crate::site_state::SiteState;
 use crate::upstream::{Upstream, redact};
@@ -63,14 +73,98 @@ impl Api {
     }
 }
 
+/// What a client of the HTTP server may hold, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub header_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Limits {
+    pub fn from_config(cfg: &HttpConfig) -> Limits {
+        Limits {
+            header_timeout: Duration::from_secs(cfg.header_timeout),
+            max_connections: cfg.max_connections,
+        }
+    }
+}
+
+/// The answer to a connection over `max_connections`, written without
+/// reading anything from it.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+Content-Type: application/json\r\n\
+Retry-After: 1\r\n\
+Connection: close\r\n\
+Content-Length: 53\r\n\
+\r\n\
+{\"error\": \"too many connections; try again shortly\"}\n";
+
+/// Connections over the cap being answered 503 at once; more than this
+/// are closed without an answer, so a flood costs nothing either.
+const REFUSING: usize = 32;
+
+/// Serves `app` until the process ends. The accept loop never returns: an
+/// accept error (out of file descriptors) is logged and retried.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router, limits: Limits) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+    let refusing = Arc::new(tokio::sync::Semaphore::new(REFUSING));
+    let mut accept_errors = Throttle::default();
+    let mut turned_away = Throttle::default();
+    loop {
+        let (stream, peer) = listen::accept(&listener, "http", &mut accept_errors).await;
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if let Some(held) = turned_away.allow(Instant::now()) {
+                tracing::warn!(
+                    "http: answered 503 to {peer}: {} connections are open{}",
+                    limits.max_connections,
+                    listen::held_note(held)
+                );
+            }
+            if let Ok(turn) = refusing.clone().try_acquire_owned() {
+                tokio::spawn(async move {
+                    let _turn = turn;
+                    refuse_busy(stream).await;
+                });
+            }
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        tokio::spawn(async move {
+            let _slot = slot;
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            if let Err(e) = conn.await {
+                tracing::debug!("http: connection from {peer}: {e}");
+            }
+        });
+    }
+}
+
+/// Answers 503 without reading the request, then closes. What the client
+/// sent is read and dropped for a moment first: closing a socket with
+/// unread data resets the connection, and the client might lose the answer.
+async fn refuse_busy(mut stream: tokio::net::TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let lingering = async {
+        stream.write_all(BUSY).await?;
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        for _ in 0..16 {
+            if stream.read(&mut sink).await? == 0 {
+                break;
+            }
+        }
+        Ok::<(), std::io::Error>(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), lingering).await;
+}
+
 pub fn router(api: Arc<Api>) -> Router {
-    let max_body = api.cfg.http.max_body;
     Router::new()
         .route("/healthz", get(healthz))
-        .route(
-            "/hooks/{site}",
-            post(hook).layer(DefaultBodyLimit::max(max_body)),
-        )
+        .route("/hooks/{site}", post(hook))
         .route("/sites", get(list_sites))
         .route("/sites/{site}", get(show_site))
         .route("/sites/{site}/deploy", post(deploy_site))
@@ -134,15 +228,37 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A request body, or the error that says why it could not be read (413
-/// for one over the limit).
-fn body_of(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, ApiError> {
-    body.map_err(|r| match r.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => {
-            ApiError::TooLarge(format!("the body is larger than {limit} bytes"))
-        }
-        s => ApiError::Status(s, r.body_text()),
-    })
+/// Reads a request body of at most `limit` bytes within `[http]
+/// body_timeout`: 413 for a larger one (at once when Content-Length says
+/// so), 408 for one that does not arrive in time. Call it only once the
+/// request is known to be worth reading.
+async fn read_body(
+    api: &Api,
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::TooLarge(format!("the body is larger than {limit} bytes"));
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let timeout = Duration::from_secs(api.cfg.http.body_timeout);
+    match tokio::time::timeout(timeout, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Ok(Err(e)) => Err(ApiError::BadRequest(format!("cannot read the body: {e}"))),
+        Err(_) => Err(ApiError::Status(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the body did not arrive within {} s ([http] body_timeout)",
+                timeout.as_secs()
+            ),
+        )),
+    }
 }
 
 /// At most `ECHO` characters of something a request said.
@@ -202,10 +318,10 @@ async fn hook(
     State(api): State<Arc<Api>>,
     Path(site): Path<String>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let mut sender = Sender::default();
-    let result = receive(&api, &site, &headers, body, &mut sender);
+    let result = receive(&api, &site, &headers, body, &mut sender).await;
     let provider = sender.provider.unwrap_or("unknown");
     let delivery = sender.delivery.as_deref().unwrap_or("-");
     let site = echo(&site);
@@ -242,12 +358,14 @@ fn ignored(reason: String) -> Accepted {
 }
 
 /// Verifies a delivery and, for a push to the deploy branch, queues a
-/// deploy of the freshly fetched upstream head.
-fn receive(
+/// deploy of the freshly fetched upstream head. The body is read only once
+/// the site is known to take webhooks: anyone can send one, and an unknown
+/// site must cost the node nothing.
+async fn receive(
     api: &Arc<Api>,
     raw_site: &str,
     headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
     sender: &mut Sender,
 ) -> Result<Accepted, ApiError> {
     let unknown = || {
@@ -268,7 +386,7 @@ fn receive(
             "site {site} accepts no webhooks: its webhook_secret is missing or empty in the node config"
         ))
     })?;
-    let body = body_of(body, api.cfg.http.max_body)?;
+    let body = read_body(api, headers, body, api.cfg.http.max_body).await?;
     let provider = webhook::verify(headers, &body, secret.expose().as_bytes(), unix_now())
         .map_err(|e| ApiError::BadSignature(e.to_string()))?;
     sender.provider = Some(provider.name());
@@ -547,7 +665,8 @@ async fn deploy_site(
     _: Admin,
     State(api): State<Arc<Api>>,
     Path(raw): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<Response, ApiError> {
     let site = parse_site(&api, &raw)?;
     if api.upstream.url(&site).is_none() {
@@ -561,7 +680,7 @@ async fn deploy_site(
             ApiError::NotFound(msg)
         });
     }
-    let body = body_of(body, 2 * 1024 * 1024)?;
+    let body = read_body(&api, &headers, body, 2 * 1024 * 1024).await?;
     let force = if body.iter().all(u8::is_ascii_whitespace) {
         false
     } else {
@@ -598,5 +717,31 @@ async fn show_deploy(
             "no deploy {:?} (the node keeps the last {KEEP_FINISHED} finished deploys, until it restarts)",
             echo(&id)
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busy_answer_is_well_formed() {
+        let text = std::str::from_utf8(BUSY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("HTTP/1.1 503 "));
+        let length: usize = head
+            .lines()
+            .find_map(|l| l.strip_prefix("Content-Length: "))
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(length, body.len());
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert!(
+            v["error"]
+                .as_str()
+                .unwrap()
+                .contains("too many connections")
+        );
     }
 }

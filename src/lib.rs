@@ -17,6 +17,7 @@ pub mod git;
 pub mod http;
 pub mod init;
 pub mod layout;
+pub mod listen;
 pub mod names;
 pub mod node;
 pub mod process;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 
+use crate::access;
 use crate::config::NodeConfig;
 use crate::control;
 use crate::engine::Engine;
@@ -43,6 +44,11 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     let _ = std::fs::remove_file(layout.ready_file());
     for w in cfg.warnings() {
         tracing::warn!("{w}");
+    }
+    // Read once now so that lines the node refuses are reported at start,
+    // not only when someone tries their key.
+    if let Err(e) = access::load(&cfg.authorized_keys()) {
+        tracing::error!("{e:#}");
     }
 
     let engine = Arc::new(Engine::open(cfg.clone())?);
@@ -83,6 +89,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
             pushes,
         }),
         host_key,
+        ssh::Limits::from_config(&cfg.ssh),
     ));
     let cfg = Arc::new(cfg);
     let upstream = Upstream::new(engine.clone(), layout.clone(), cfg.clone());
@@ -92,11 +99,11 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         cfg.clone(),
         layout.clone(),
     ));
-    let http = tokio::spawn(async move {
-        if let Err(e) = axum::serve(http_listener, http::router(api)).await {
-            tracing::error!("http server: {e}");
-        }
-    });
+    let http = tokio::spawn(http::serve(
+        http_listener,
+        http::router(api),
+        http::Limits::from_config(&cfg.http),
+    ));
 
     let ready = serde_json::json!({
         "pid": std::process::id(),

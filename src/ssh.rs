@@ -7,9 +7,13 @@
 //! shell. Everything else (shells, ptys, forwarding, subsystems) is refused.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::process::Stdio;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -22,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::access::{self, Identity};
 use crate::engine::{DeployRequest, Engine, SiteTurn};
 use crate::layout::Layout;
+use crate::listen::{self, Gate, Pass, Throttle};
 use crate::names::SiteName;
 use crate::progress::Progress;
 use crate::push::Pushes;
@@ -63,54 +68,228 @@ pub fn fingerprint(key: &PrivateKey) -> String {
     key.public_key().fingerprint(HashAlg::Sha256).to_string()
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>, key: PrivateKey) {
+/// Limits on connections that have not authenticated yet: what an
+/// anonymous client can hold open, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Time from accept to a verified key, handshake included.
+    pub auth_timeout: Duration,
+    pub max_unauthenticated: usize,
+    pub max_unauthenticated_per_address: usize,
+}
+
+impl Limits {
+    pub fn from_config(cfg: &crate::config::SshConfig) -> Limits {
+        Limits {
+            auth_timeout: Duration::from_secs(cfg.auth_timeout),
+            max_unauthenticated: cfg.max_unauthenticated,
+            max_unauthenticated_per_address: cfg.max_unauthenticated_per_address,
+        }
+    }
+}
+
+/// Serves SSH until the process ends. The accept loop never returns: an
+/// accept error (out of file descriptors) is logged and retried, and a
+/// connection over a cap is closed before the handshake costs anything.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    key: PrivateKey,
+    limits: Limits,
+) {
     let mut methods = MethodSet::empty();
     methods.push(MethodKind::PublicKey);
-    let config = russh::server::Config {
+    let config = Arc::new(russh::server::Config {
         keys: vec![key],
         methods,
         auth_rejection_time: Duration::from_millis(300),
         // OpenSSH's first "none" probe should not cost every push a delay.
         auth_rejection_time_initial: Some(Duration::ZERO),
         // A build may print nothing for minutes: keepalives, not a timeout.
+        // (Before authentication, `PreAuthStream` is the timeout.)
         inactivity_timeout: None,
         keepalive_interval: Some(Duration::from_secs(30)),
         keepalive_max: 4,
         nodelay: true,
         ..Default::default()
-    };
-    let mut server = Server { shared };
-    use russh::server::Server as _;
-    if let Err(e) = server.run_on_socket(Arc::new(config), &listener).await {
-        tracing::error!("ssh server stopped: {e}");
+    });
+    let gate = Gate::new(
+        limits.max_unauthenticated,
+        limits.max_unauthenticated_per_address,
+    );
+    let mut accept_errors = Throttle::default();
+    let mut turned_away = Throttle::default();
+    loop {
+        let (stream, peer) = listen::accept(&listener, "ssh", &mut accept_errors).await;
+        let pass = match gate.admit(peer.ip()) {
+            Ok(pass) => pass,
+            Err(full) => {
+                // Dropping the stream closes it: no banner, no key exchange.
+                drop(stream);
+                if let Some(held) = turned_away.allow(std::time::Instant::now()) {
+                    tracing::warn!(
+                        "ssh: closed a connection from {peer} at once: {full}{}",
+                        listen::held_note(held)
+                    );
+                }
+                continue;
+            }
+        };
+        tokio::spawn(connection(
+            stream,
+            peer,
+            pass,
+            config.clone(),
+            shared.clone(),
+            limits.auth_timeout,
+        ));
     }
 }
 
-struct Server {
+/// Runs one SSH connection to its end.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    pass: Pass,
+    config: Arc<russh::server::Config>,
     shared: Arc<Shared>,
+    auth_timeout: Duration,
+) {
+    if let Err(e) = stream.set_nodelay(true) {
+        tracing::debug!("ssh: set_nodelay for {peer}: {e}");
+    }
+    let authenticated = Arc::new(AtomicBool::new(false));
+    let stream = PreAuthStream::new(stream, auth_timeout, authenticated.clone());
+    let timed_out = stream.timed_out.clone();
+    let cancel = CancellationToken::new();
+    let handler = Connection {
+        shared,
+        peer,
+        identity: None,
+        pre_auth: Some(PreAuth {
+            _pass: pass,
+            authenticated,
+        }),
+        channels: HashMap::new(),
+        git_protocol: HashMap::new(),
+        _on_drop: cancel.clone().drop_guard(),
+        cancel,
+    };
+    let result = match russh::server::run_stream(config, stream, handler).await {
+        Ok(session) => session.await,
+        Err(e) => Err(e),
+    };
+    if timed_out.load(Ordering::Relaxed) {
+        tracing::info!(
+            "ssh: closed the connection from {peer}: not authenticated within {} s",
+            auth_timeout.as_secs()
+        );
+    } else if let Err(e) = result {
+        tracing::debug!("ssh: connection from {peer} ended: {e}");
+    }
 }
 
-impl russh::server::Server for Server {
-    type Handler = Connection;
+/// A connection's place under the unauthenticated caps, and the flag that
+/// stops its pre-auth timer; both end when a key is verified.
+struct PreAuth {
+    _pass: Pass,
+    authenticated: Arc<AtomicBool>,
+}
 
-    fn new_client(&mut self, peer: Option<std::net::SocketAddr>) -> Connection {
-        let cancel = CancellationToken::new();
-        Connection {
-            shared: self.shared.clone(),
-            peer,
-            identity: None,
-            channels: HashMap::new(),
-            git_protocol: HashMap::new(),
-            _on_drop: cancel.clone().drop_guard(),
-            cancel,
+/// The TCP stream of a connection, cut off once `auth_timeout` passes
+/// before the client authenticated: from then on every read and write
+/// fails, which ends the session wherever it is (reading the client's
+/// banner, in the middle of a key exchange, or waiting for a packet), and
+/// the socket is closed. russh's own inactivity timeout cannot do this: it
+/// is off (builds are silent for minutes) and does not cover the banner.
+struct PreAuthStream {
+    inner: tokio::net::TcpStream,
+    /// None once the client authenticated.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    authenticated: Arc<AtomicBool>,
+    timed_out: Arc<AtomicBool>,
+}
+
+impl PreAuthStream {
+    fn new(
+        inner: tokio::net::TcpStream,
+        timeout: Duration,
+        authenticated: Arc<AtomicBool>,
+    ) -> PreAuthStream {
+        PreAuthStream {
+            inner,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            authenticated,
+            timed_out: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// An error once the deadline has passed unauthenticated. Polling the
+    /// timer here registers the task's waker, so a session that is idle
+    /// waiting for the client is woken, and fails, at the deadline.
+    fn check(&mut self, cx: &mut std::task::Context<'_>) -> std::io::Result<()> {
+        if self.timed_out.load(Ordering::Relaxed) {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        let Some(deadline) = self.deadline.as_mut() else {
+            return Ok(());
+        };
+        if self.authenticated.load(Ordering::Acquire) {
+            self.deadline = None;
+            return Ok(());
+        }
+        if deadline.as_mut().poll(cx).is_ready() {
+            self.timed_out.store(true, Ordering::Relaxed);
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        Ok(())
+    }
+}
+
+impl AsyncRead for PreAuthStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for PreAuthStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.check(cx)?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
 pub struct Connection {
     shared: Arc<Shared>,
-    peer: Option<std::net::SocketAddr>,
+    peer: SocketAddr,
     identity: Option<Identity>,
+    /// Some until a key is verified.
+    pre_auth: Option<PreAuth>,
     channels: HashMap<ChannelId, Channel<Msg>>,
     git_protocol: HashMap<ChannelId, String>,
     /// Cancelled when the connection ends, however it ends.
@@ -188,7 +367,11 @@ impl russh::server::Handler for Connection {
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         // Only says "go on and sign"; grants nothing.
-        match access::identify(&self.shared.authorized_keys, offer.public_key) {
+        match access::identify(
+            &self.shared.authorized_keys,
+            offer.public_key,
+            self.peer.ip(),
+        ) {
             Some(_) => Ok(Auth::Accept),
             None => Ok(Auth::reject()),
         }
@@ -199,10 +382,14 @@ impl russh::server::Handler for Connection {
         _user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        match access::identify(&self.shared.authorized_keys, key.public_key) {
+        match access::identify(&self.shared.authorized_keys, key.public_key, self.peer.ip()) {
             Some(id) => {
-                tracing::info!(peer = ?self.peer, key = %id.name, fingerprint = %id.fingerprint, "ssh login");
+                tracing::info!(peer = %self.peer, key = %id.name, fingerprint = %id.fingerprint, "ssh login");
                 self.identity = Some(id);
+                // Off the unauthenticated caps, and no pre-auth deadline.
+                if let Some(pre) = self.pre_auth.take() {
+                    pre.authenticated.store(true, Ordering::Release);
+                }
                 Ok(Auth::Accept)
             }
             None => Ok(Auth::reject()),
@@ -299,7 +486,7 @@ impl russh::server::Handler for Connection {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        tracing::info!(peer = ?self.peer, "refused subsystem {name:?}");
+        tracing::info!(peer = %self.peer, "refused subsystem {name:?}");
         self.channels.remove(&ch);
         session.channel_failure(ch)
     }
@@ -624,5 +811,52 @@ where
     }
     if connected {
         let _ = to.flush().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = l.accept().await.unwrap();
+        (server, client)
+    }
+
+    #[tokio::test]
+    async fn an_idle_unauthenticated_stream_fails_at_the_deadline() {
+        let (server, _client) = pair().await;
+        let authenticated = Arc::new(AtomicBool::new(false));
+        let mut s = PreAuthStream::new(server, Duration::from_millis(200), authenticated);
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 16];
+        let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("the read was woken at the deadline");
+        assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::TimedOut);
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(s.timed_out.load(Ordering::Relaxed));
+        // And it stays failed, for writes too.
+        assert!(s.write_all(b"x").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_authenticated_stream_has_no_deadline() {
+        let (server, mut client) = pair().await;
+        let authenticated = Arc::new(AtomicBool::new(false));
+        let mut s = PreAuthStream::new(server, Duration::from_millis(100), authenticated.clone());
+        client.write_all(b"hi").await.unwrap();
+        let mut buf = [0u8; 2];
+        s.read_exact(&mut buf).await.unwrap();
+        authenticated.store(true, Ordering::Release);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        client.write_all(b"ok").await.unwrap();
+        s.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ok");
+        assert!(!s.timed_out.load(Ordering::Relaxed));
     }
 }

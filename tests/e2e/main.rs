@@ -10,6 +10,7 @@ mod client;
 mod crash;
 mod deploy;
 mod failures;
+mod limits;
 mod node;
 mod push;
 mod runners;
