@@ -630,7 +630,7 @@ impl Apache {
         entries
             .flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter_map(|pid| daemon_info(pid))
+            .filter_map(daemon_info)
             .filter(|(d, ppid, _, _)| *ppid == parent && is_daemon(*d, parent, slot, uid))
             .map(|(d, ..)| d)
             .collect()
