@@ -23,6 +23,9 @@ pub struct NodeConfig {
     pub ssh: SshConfig,
     /// Per-site settings, keyed by site name.
     pub sites: BTreeMap<String, SiteConfig>,
+    /// Seconds a stopping node waits for the deploys in flight before it
+    /// abandons them.
+    pub stop_timeout: u64,
     /// The file this config was read from, if any.
     #[serde(skip)]
     pub source: Option<PathBuf>,
@@ -187,6 +190,7 @@ impl Default for NodeConfig {
             build: BuildConfig::default(),
             ssh: SshConfig::default(),
             sites: BTreeMap::new(),
+            stop_timeout: 30,
             source: None,
         }
     }

@@ -144,10 +144,10 @@ async fn handle(stream: UnixStream, state: Arc<State>) -> Result<()> {
                         source: dir,
                         origin,
                         sha: None,
+                        record: None,
                     };
                     let d = engine.deploy(req, &progress).await;
-                    d.map(|d| d.summary())
-                        .map_err(|e| e.context("deploy failed"))
+                    d.map(|d| d.summary()).map_err(|e| anyhow::anyhow!("{e}"))
                 })
             })
             .await?;

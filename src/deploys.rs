@@ -1,7 +1,9 @@
-//! The registry of deploys the HTTP side starts (webhooks and
-//! `POST /sites/{site}/deploy`): their ids, status and build log, and the
-//! per-site queue that turns a burst of requests into at most one running
-//! and one pending deploy.
+//! The registry of every deploy, whatever door it came through (git push,
+//! rsync upload, `node deploy`, webhooks, the API): its id, status, who
+//! asked and its log. Deploys of one site run one at a time in the order
+//! they asked for the site's turn (the engine's); requests for a site's
+//! upstream (webhooks, `POST /sites/{site}/deploy`) also coalesce here, so a
+//! burst becomes at most one running and one pending deploy.
 //!
 //! It lives in memory: the node keeps every queued or running deploy and
 //! the last `KEEP_FINISHED` finished ones, each with at most
@@ -86,7 +88,8 @@ impl Enqueued {
 pub enum Outcome {
     Live {
         release: u32,
-        sha: String,
+        /// The commit, when the tree came from git.
+        sha: Option<String>,
         message: String,
     },
     Failed(String),
@@ -186,6 +189,54 @@ impl Registry {
         }
     }
 
+    /// Records a deploy that does not coalesce (a push, an upload, `node
+    /// deploy`): queued until it has the site's turn.
+    pub fn open(&self, site: &SiteName, by: String, now: String) -> String {
+        let mut inner = self.inner();
+        inner.next += 1;
+        let id = format!("{}-{}", inner.next, self.boot);
+        inner.deploys.insert(
+            id.clone(),
+            Deploy {
+                id: id.clone(),
+                site: site.to_string(),
+                status: Status::Queued,
+                requested_by: vec![by],
+                force: false,
+                queued_at: now,
+                started_at: None,
+                finished_at: None,
+                sha: None,
+                release: None,
+                message: None,
+                log: Vec::new(),
+                log_lines_dropped: 0,
+            },
+        );
+        inner
+            .by_site
+            .entry(site.to_string())
+            .or_default()
+            .push_back(id.clone());
+        id
+    }
+
+    /// Deploys that have not finished, for a node that is stopping.
+    pub fn unfinished(&self) -> Vec<Deploy> {
+        let inner = self.inner();
+        let mut v: Vec<Deploy> = inner
+            .deploys
+            .values()
+            .filter(|d| matches!(d.status, Status::Queued | Status::Running))
+            .map(|d| Deploy {
+                log: Vec::new(),
+                ..d.clone()
+            })
+            .collect();
+        v.sort_by(|a, b| a.queued_at.cmp(&b.queued_at));
+        v
+    }
+
     /// The deploy has the site's turn. Returns whether it was asked to
     /// deploy even an unchanged head, as of now (later joiners cannot
     /// join a running deploy).
@@ -233,7 +284,9 @@ impl Registry {
                 } => {
                     d.status = Status::Live;
                     d.release = Some(release);
-                    d.sha = Some(sha);
+                    if sha.is_some() {
+                        d.sha = sha;
+                    }
                     d.message = Some(message);
                 }
                 Outcome::Failed(why) => {
@@ -299,7 +352,7 @@ mod tests {
     fn live() -> Outcome {
         Outcome::Live {
             release: 1,
-            sha: "a".repeat(40),
+            sha: Some("a".repeat(40)),
             message: "live".into(),
         }
     }

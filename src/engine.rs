@@ -26,6 +26,7 @@ use crate::apache::{self, Apache};
 use crate::app_ini::AppIni;
 use crate::build::{BuildFor, Builder, create_dir, venv_key_of};
 use crate::config::NodeConfig;
+use crate::deploys::{Outcome, Registry};
 use crate::layout::Layout;
 use crate::names::{ReleaseId, SiteName};
 use crate::progress::Progress;
@@ -45,6 +46,55 @@ pub struct DeployRequest {
     pub origin: String,
     /// The commit the tree came from, when it came from git.
     pub sha: Option<String>,
+    /// The deploy record of a caller that keeps its own (an upstream deploy,
+    /// queued before its fetch); None: the engine opens one.
+    pub record: Option<String>,
+}
+
+/// Why a deploy failed. What the user can fix (their tree, app.ini, their
+/// requirements, their app) is told apart from the node's own faults, so
+/// each door answers in its own way: a push shows everything, the HTTP API
+/// keeps the node's internals in the node's log.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The tree: not a directory, a link that leaves the app.
+    #[error("{0:#}")]
+    Source(anyhow::Error),
+    #[error("{0}")]
+    AppIni(crate::app_ini::AppIniError),
+    /// Installing the requirements (the installer's own lines).
+    #[error("{0:#}")]
+    Build(anyhow::Error),
+    /// The release did not load or did not answer as it must.
+    #[error("{0:#}")]
+    Check(anyhow::Error),
+    /// Something on the node: files, slots, Apache, the switch.
+    #[error("{0:#}")]
+    Node(anyhow::Error),
+}
+
+impl DeployError {
+    pub fn is_node_fault(&self) -> bool {
+        matches!(self, DeployError::Node(_))
+    }
+
+    /// What may be told to someone who only sees the API.
+    pub fn public_message(&self) -> String {
+        if self.is_node_fault() {
+            "internal error on the node (the details are in its log)".to_string()
+        } else {
+            self.to_string()
+        }
+    }
+}
+
+/// A failed deploy and its record. Its words are whole in its Display
+/// (the cause is not repeated as a source).
+#[derive(Debug, thiserror::Error)]
+#[error("deploy {deploy} failed: {error}")]
+pub struct Failed {
+    pub deploy: String,
+    pub error: DeployError,
 }
 
 /// A site's turn to deploy: while it is held, no other deploy to the site
@@ -60,16 +110,22 @@ pub struct Deployed {
     pub release: ReleaseId,
     pub version: Option<u32>,
     pub url: String,
+    /// The deploy's record (`GET /deploys/{id}`).
+    pub deploy: String,
 }
 
 impl Deployed {
-    /// The line a user reads last: where it is live, which release.
+    /// The line a user reads last: where it is live, which release, and
+    /// the deploy's id.
     pub fn summary(&self) -> String {
         let version = self
             .version
             .map(|v| format!(", version {v}"))
             .unwrap_or_default();
-        format!("live at {} (release {}{version})", self.url, self.release)
+        format!(
+            "live at {} (release {}{version}); deploy {}",
+            self.url, self.release, self.deploy
+        )
     }
 }
 
@@ -85,6 +141,8 @@ pub struct Engine {
     turns: Mutex<HashMap<SiteName, Arc<tokio::sync::Mutex<()>>>>,
     /// Serialises cell assignment and pool growth (a graceful restart).
     pool_growth: tokio::sync::Mutex<()>,
+    /// Every deploy, whatever door it came through.
+    deploys: Arc<Registry>,
 }
 
 struct NodeState {
@@ -136,6 +194,36 @@ impl NodeState {
             r.extend(st.routes(site));
         }
         r
+    }
+}
+
+/// A deploy's record, and whether the engine keeps it (opens, starts and
+/// finishes it) or the caller does.
+struct Record {
+    id: String,
+    own: bool,
+}
+
+impl Record {
+    /// Progress whose lines also go into the record, when it is ours.
+    fn progress(&self, progress: &Progress, deploys: &Arc<Registry>) -> Progress {
+        if self.own {
+            progress.recorded(deploys.clone(), &self.id)
+        } else {
+            progress.clone()
+        }
+    }
+}
+
+/// The error for the caller, the record having its own copy of the words.
+fn clone_error(e: &DeployError) -> DeployError {
+    let again = |e: &anyhow::Error| anyhow::anyhow!("{e:#}");
+    match e {
+        DeployError::Source(e) => DeployError::Source(again(e)),
+        DeployError::AppIni(e) => DeployError::AppIni(e.clone()),
+        DeployError::Build(e) => DeployError::Build(again(e)),
+        DeployError::Check(e) => DeployError::Check(again(e)),
+        DeployError::Node(e) => DeployError::Node(again(e)),
     }
 }
 
@@ -197,6 +285,7 @@ impl Engine {
             accounts: Mutex::new(Vec::new()),
             turns: Mutex::new(HashMap::new()),
             pool_growth: tokio::sync::Mutex::new(()),
+            deploys: Arc::new(Registry::new()),
             cfg,
         })
     }
@@ -216,6 +305,7 @@ impl Engine {
     /// Deploys commit `sha` of the bare repository `repo` (seeing objects
     /// still in a push's `quarantine`), through a temporary export of its
     /// tree; for a caller holding the site's turn.
+    #[allow(clippy::too_many_arguments)]
     pub async fn deploy_commit(
         &self,
         turn: &SiteTurn,
@@ -223,11 +313,10 @@ impl Engine {
         quarantine: Option<&Path>,
         sha: &str,
         origin: String,
+        record: Option<String>,
         progress: &Progress,
-    ) -> Result<Deployed> {
+    ) -> Result<Deployed, Failed> {
         let tmp = self.layout.tmp_dir();
-        std::fs::create_dir_all(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
         let tree = tmp.join(format!("commit-{}", hex::encode(rand::random::<[u8; 8]>())));
         let exported = {
             let (repo, q, sha, tree) = (
@@ -240,7 +329,8 @@ impl Engine {
                 crate::git::export(&repo, q.as_deref(), &sha, &tree)
             })
             .await
-            .context("exporting was interrupted")?
+            .context("exporting was interrupted")
+            .and_then(|r| r)
         };
         let deployed = match exported {
             Ok(()) => {
@@ -253,10 +343,22 @@ impl Engine {
                     source: tree.clone(),
                     origin,
                     sha: Some(sha.to_string()),
+                    record,
                 };
                 self.deploy_in_turn(turn, req, progress).await
             }
-            Err(e) => Err(e),
+            Err(e) => {
+                let req = DeployRequest {
+                    site: turn.site.clone(),
+                    source: tree.clone(),
+                    origin,
+                    sha: Some(sha.to_string()),
+                    record,
+                };
+                let record = self.record_for(&req);
+                let error = DeployError::Node(e.context(format!("cannot export {sha}")));
+                self.close_record(&record, &Err(error))
+            }
         };
         let _ = std::fs::remove_dir_all(&tree);
         deployed
@@ -455,11 +557,23 @@ impl Engine {
         }
     }
 
+    /// The registry of every deploy (`GET /deploys/{id}`).
+    pub fn deploys(&self) -> &Arc<Registry> {
+        &self.deploys
+    }
+
     /// Makes `req.source` live at the site's hosts, or explains why not and
-    /// leaves everything as it was.
-    pub async fn deploy(&self, req: DeployRequest, progress: &Progress) -> Result<Deployed> {
-        let turn = self.turn(&req.site, progress).await;
-        self.deploy_in_turn(&turn, req, progress).await
+    /// leaves everything as it was. The deploy is recorded (queued) before
+    /// it waits for the site's turn.
+    pub async fn deploy(
+        &self,
+        req: DeployRequest,
+        progress: &Progress,
+    ) -> Result<Deployed, Failed> {
+        let record = self.record_for(&req);
+        let progress = record.progress(progress, &self.deploys);
+        let turn = self.turn(&req.site, &progress).await;
+        self.run_recorded(&turn, req, record, &progress).await
     }
 
     /// `deploy`, for a caller that already holds the site's turn.
@@ -468,41 +582,121 @@ impl Engine {
         turn: &SiteTurn,
         req: DeployRequest,
         progress: &Progress,
-    ) -> Result<Deployed> {
+    ) -> Result<Deployed, Failed> {
+        let record = self.record_for(&req);
+        let progress = record.progress(progress, &self.deploys);
+        self.run_recorded(turn, req, record, &progress).await
+    }
+
+    /// The request's own record, or a new one the engine keeps.
+    fn record_for(&self, req: &DeployRequest) -> Record {
+        match &req.record {
+            Some(id) => Record {
+                id: id.clone(),
+                own: false,
+            },
+            None => Record {
+                id: self
+                    .deploys
+                    .open(&req.site, req.origin.clone(), release::now_rfc3339()),
+                own: true,
+            },
+        }
+    }
+
+    async fn run_recorded(
+        &self,
+        turn: &SiteTurn,
+        req: DeployRequest,
+        record: Record,
+        progress: &Progress,
+    ) -> Result<Deployed, Failed> {
         if turn.site != req.site {
-            bail!(
+            let e = anyhow::anyhow!(
                 "internal error: holding the turn of {} to deploy {}",
                 turn.site,
                 req.site
             );
+            return self.close_record(&record, &Err(DeployError::Node(e)));
         }
+        if record.own {
+            self.deploys.started(&record.id, release::now_rfc3339());
+        }
+        let result = self.deploy_now(req, &record.id, progress).await;
+        self.close_record(&record, &result)
+    }
+
+    /// Records how a deploy ended (when the engine keeps its record) and
+    /// hands the result on with the record's id.
+    fn close_record(
+        &self,
+        record: &Record,
+        result: &Result<Deployed, DeployError>,
+    ) -> Result<Deployed, Failed> {
+        if let Err(e) = result
+            && e.is_node_fault()
+        {
+            tracing::error!(deploy = %record.id, "deploy failed on the node: {e}");
+        }
+        if record.own {
+            let outcome = match result {
+                Ok(d) => Outcome::Live {
+                    release: d.release.get(),
+                    sha: None,
+                    message: d.summary(),
+                },
+                Err(e) => Outcome::Failed(e.public_message()),
+            };
+            let site = self.deploys.get(&record.id).map(|d| d.site);
+            if let Some(site) = site.and_then(|s| SiteName::parse(&s, &self.cfg.domain).ok()) {
+                self.deploys
+                    .finish(&site, &record.id, outcome, release::now_rfc3339());
+            }
+        }
+        match result {
+            Ok(d) => Ok(d.clone()),
+            Err(e) => Err(Failed {
+                deploy: record.id.clone(),
+                error: clone_error(e),
+            }),
+        }
+    }
+
+    /// The pipeline, with its one failure path: anything that fails before
+    /// the switch removes the new release and gives its slot back.
+    async fn deploy_now(
+        &self,
+        req: DeployRequest,
+        deploy: &str,
+        progress: &Progress,
+    ) -> Result<Deployed, DeployError> {
         let started = Instant::now();
         let id = self.next_release(&req.site);
         let mut attempt = Attempt {
             release_dir: self.layout.release_dir(&req.site, id),
             slot: None,
         };
-        let span = tracing::info_span!("deploy", site = %req.site, release = %id);
+        let span = tracing::info_span!("deploy", site = %req.site, release = %id, deploy);
         let result = self
-            .pipeline(&req, id, &mut attempt, progress)
+            .pipeline(&req, id, deploy, &mut attempt, progress)
             .instrument(span)
             .await;
         let outcome = match &result {
             Ok(_) => "live".to_string(),
-            Err(e) => format!("failed: {e:#}"),
+            Err(e) => format!("failed: {e}"),
         };
         if result.is_err() {
             if let Some(slot) = &attempt.slot {
                 if let Err(e) = self.apache.retire(slot).await {
                     tracing::warn!(site = %req.site, "retiring slot {slot}: {e:#}");
                 }
-                // Back to the pool: a daemon still holding something is
-                // recycled by the next deploy's wait_empty.
+                // Back to the cell: a daemon still holding something is
+                // replaced before the next deploy's wait_empty gives it out.
                 self.state().claimed.remove(slot);
             }
             let _ = std::fs::remove_dir_all(&attempt.release_dir);
         }
-        self.log_deploy(&req, id, &outcome, started.elapsed());
+        self.log_deploy(&req, id, deploy, &outcome, started.elapsed());
         result
     }
 
@@ -510,55 +704,44 @@ impl Engine {
         &self,
         req: &DeployRequest,
         id: ReleaseId,
+        deploy: &str,
         attempt: &mut Attempt,
         progress: &Progress,
-    ) -> Result<Deployed> {
+    ) -> Result<Deployed, DeployError> {
         let site = &req.site;
         let dir = attempt.release_dir.clone();
-        progress.say(format!("-----> deploying {site}, release {id}"));
+        progress.say(format!(
+            "-----> deploying {site}, release {id} (deploy {deploy})"
+        ));
 
         // Stage: a fresh copy only root can change, links kept as links
         // and judged by where they really lead.
         if !req.source.is_dir() {
-            bail!("{} is not a directory", req.source.display());
+            return Err(DeployError::Source(anyhow::anyhow!(
+                "{} is not a directory",
+                req.source.display()
+            )));
         }
-        let account = self.site_account(site, progress).await?;
+        let account = self
+            .site_account(site, progress)
+            .await
+            .map_err(DeployError::Node)?;
         let gid = account.as_ref().map(|a| a.gid);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir)?;
-        }
-        create_dir(&dir, 0o700, None)?;
         let app_dir = release::app_dir(&dir);
-        let src = req.source.clone();
-        let dest = app_dir.clone();
-        let (files, outward) = tokio::task::spawn_blocking(move || {
-            release::stage(&src, &dest).map(|n| (n, tree::outward_links(&dest)))
-        })
-        .await
-        .context("staging was interrupted")??;
-        if let Some((link, target)) = outward.first() {
-            let more = match outward.len() {
-                1 => String::new(),
-                n => format!(" (and {} more)", n - 1),
-            };
-            bail!(
-                "{link}: symlink points outside the app (-> {}){more}; links must stay inside the app",
-                target.display()
-            );
-        }
+        let files = self.stage(&req.source, &dir).await?;
         progress.say(format!("-----> staged {files} files"));
 
         // app.ini
-        let (ini, warnings) = AppIni::load(&app_dir).map_err(anyhow::Error::new)?;
+        let (ini, warnings) = AppIni::load(&app_dir).map_err(DeployError::AppIni)?;
         for w in &warnings {
             progress.say(format!("warning: {w}"));
         }
         if let Some(s) = ini.services.first() {
-            bail!(
+            return Err(DeployError::Source(anyhow::anyhow!(
                 "app.ini:{}: service.{} is not available on this node yet (services are not supported)",
                 s.line,
                 s.name
-            );
+            )));
         }
         if !ini.packages.is_empty() {
             progress.say("warning: app.ini: packages is not supported; ignored");
@@ -568,13 +751,17 @@ impl Engine {
         // account and must not change it), then its venv is built as that
         // account and sealed in turn.
         self.builder.compile_app(&app_dir, progress).await;
-        tree::seal(&app_dir, gid, Seal::App)?;
-        seal_release_dir(&dir, gid)?;
+        tree::seal(&app_dir, gid, Seal::App).map_err(DeployError::Node)?;
+        seal_release_dir(&dir, gid).map_err(DeployError::Node)?;
         let who = BuildFor {
             site,
             account: account.as_ref(),
         };
-        let lease = self.builder.build(&app_dir, &dir, &who, progress).await?;
+        let lease = self
+            .builder
+            .build(&app_dir, &dir, &who, progress)
+            .await
+            .map_err(DeployError::Build)?;
         let mut env = BTreeMap::new();
         env.insert("SITE".to_string(), site.to_string());
         env.insert("CANONICAL_HOST".to_string(), site.to_string());
@@ -592,24 +779,27 @@ impl Engine {
             runner: RunnerSpec::from(&ini.runner),
             env,
         }
-        .write(&dir)?;
-        seal_release_dir(&dir, gid)?;
+        .write(&dir)
+        .and_then(|()| seal_release_dir(&dir, gid))
+        .map_err(DeployError::Node)?;
 
         // Load into a spare slot, warm, before any public host points at it.
-        let slot = self.claim_spare(site)?;
+        let slot = self.claim_spare(site).map_err(DeployError::Node)?;
         attempt.slot = Some(slot.clone());
         self.apache
             .wait_empty(
                 &slot,
                 self.apache.request_timeout() + Duration::from_secs(10),
             )
-            .await?;
-        self.apache.set_pointer(&slot, &dir)?;
+            .await
+            .and_then(|()| self.apache.set_pointer(&slot, &dir))
+            .map_err(DeployError::Node)?;
         progress.say("-----> starting the release");
 
         // Check
         self.check(site, id, &slot, &ini.update_fetch, progress)
-            .await?;
+            .await
+            .map_err(DeployError::Check)?;
 
         // Switch (state first, then the map: start() rebuilds the map from
         // the state, so a crash in between heals).
@@ -622,7 +812,9 @@ impl Engine {
         };
         // From here on the slot is the switch's to keep or give back.
         attempt.slot = None;
-        let retire = self.switch(site, record, &slot)?;
+        let retire = self
+            .switch(site, record, &slot)
+            .map_err(DeployError::Node)?;
         let url = self.url(site.as_str());
         progress.say(format!("-----> switched {site} to release {id}"));
 
@@ -639,7 +831,42 @@ impl Engine {
             release: id,
             version: ini.version,
             url,
+            deploy: deploy.to_string(),
         })
+    }
+
+    /// Copies the tree into a new release dir only root can change, and
+    /// refuses it if a link leads out of the app.
+    async fn stage(&self, source: &Path, dir: &Path) -> Result<usize, DeployError> {
+        let node = DeployError::Node;
+        if dir.exists() {
+            std::fs::remove_dir_all(dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))
+                .map_err(node)?;
+        }
+        create_dir(dir, 0o700, None).map_err(node)?;
+        let src = source.to_path_buf();
+        let dest = release::app_dir(dir);
+        let (files, outward) = tokio::task::spawn_blocking(move || {
+            release::stage(&src, &dest).map(|n| (n, tree::outward_links(&dest)))
+        })
+        .await
+        .context("staging was interrupted")
+        .map_err(node)?
+        // An upload area its site still changes makes the copy fail: the
+        // site's doing, not the node's.
+        .map_err(DeployError::Source)?;
+        if let Some((link, target)) = outward.first() {
+            let more = match outward.len() {
+                1 => String::new(),
+                n => format!(" (and {} more)", n - 1),
+            };
+            return Err(DeployError::Source(anyhow::anyhow!(
+                "{link}: symlink points outside the app (-> {}){more}; links must stay inside the app",
+                target.display()
+            )));
+        }
+        Ok(files)
     }
 
     fn next_release(&self, site: &SiteName) -> ReleaseId {
@@ -807,9 +1034,17 @@ impl Engine {
         self.builder.collect(site, &referenced);
     }
 
-    fn log_deploy(&self, req: &DeployRequest, id: ReleaseId, outcome: &str, took: Duration) {
+    fn log_deploy(
+        &self,
+        req: &DeployRequest,
+        id: ReleaseId,
+        deploy: &str,
+        outcome: &str,
+        took: Duration,
+    ) {
         let line = serde_json::json!({
             "time": release::now_rfc3339(),
+            "deploy": deploy,
             "release": id.get(),
             "origin": req.origin,
             "outcome": outcome,

@@ -8,6 +8,7 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
@@ -70,7 +71,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     let apache = engine.apache().listen();
 
     let pushes = Arc::new(Pushes::default());
-    tokio::spawn(control::serve(
+    let control = tokio::spawn(control::serve(
         control_listener,
         Arc::new(control::State {
             engine: engine.clone(),
@@ -79,7 +80,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         }),
     ));
     let fingerprint = ssh::fingerprint(&host_key);
-    tokio::spawn(ssh::serve(
+    let ssh = tokio::spawn(ssh::serve(
         ssh_listener,
         Arc::new(ssh::Shared {
             engine: engine.clone(),
@@ -122,13 +123,61 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     println!("push with: git remote add toppcloud ssh://toppcloud@{ssh_addr}/SITE");
 
     shutdown_signal().await;
-    tracing::info!("stopping");
-    http.abort();
+    // No new connections; those open go on, and the deploys in flight get
+    // the stop timeout to finish.
+    tracing::info!("stopping: no longer accepting connections");
+    for door in [&http, &ssh, &control] {
+        door.abort();
+    }
     let _ = std::fs::remove_file(layout.ready_file());
+    drain(&engine, Duration::from_secs(cfg.stop_timeout)).await;
     let _ = std::fs::remove_file(layout.control_socket());
     engine.stop().await;
+    tracing::info!("stopped");
     drop(lock);
     Ok(())
+}
+
+/// Waits for the deploys in flight, up to `limit`, and says whether they
+/// all finished or which were abandoned (a release an abandoned deploy left
+/// half-made is removed at the next start; the live site never changed).
+async fn drain(engine: &Engine, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    let mut waited = false;
+    loop {
+        let left = engine.deploys().unfinished();
+        if left.is_empty() {
+            if waited {
+                tracing::info!("stopping: every deploy in flight finished");
+            }
+            return;
+        }
+        if !waited {
+            let ids: Vec<String> = left
+                .iter()
+                .map(|d| format!("{} ({})", d.id, d.site))
+                .collect();
+            tracing::info!(
+                "stopping: waiting up to {}s for {} deploy(s) in flight: {}",
+                limit.as_secs(),
+                left.len(),
+                ids.join(", ")
+            );
+            waited = true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            for d in left {
+                tracing::warn!(
+                    "stopping: abandoned deploy {} of {} ({:?}); the live release is unchanged and what it left is removed at the next start",
+                    d.id,
+                    d.site,
+                    d.status
+                );
+            }
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// The data dir lock: held by the running node, released by the kernel

@@ -1,35 +1,61 @@
 //! Progress of a deploy, streamed to whoever asked for it (the `node deploy`
-//! client, later a `git push`) and to the node's log at the same time.
+//! client, a `git push`, an upload), to the node's log, and into the deploy's
+//! record (`GET /deploys/{id}`) at the same time.
+
+use std::sync::Arc;
 
 use tokio::sync::mpsc;
+
+use crate::deploys::Registry;
 
 /// A cheap, cloneable sink for progress lines. A sink whose reader has gone
 /// away swallows lines: a deploy never fails because nobody is listening.
 #[derive(Clone)]
 pub struct Progress {
     tx: Option<mpsc::UnboundedSender<String>>,
+    /// The deploy record every line is also kept in.
+    record: Option<(Arc<Registry>, String)>,
 }
 
 impl Progress {
     pub fn channel() -> (Progress, mpsc::UnboundedReceiver<String>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (Progress { tx: Some(tx) }, rx)
+        (
+            Progress {
+                tx: Some(tx),
+                record: None,
+            },
+            rx,
+        )
+    }
+
+    /// The same sink, whose lines also go into deploy `id`'s log.
+    pub fn recorded(&self, registry: Arc<Registry>, id: &str) -> Progress {
+        Progress {
+            tx: self.tx.clone(),
+            record: Some((registry, id.to_string())),
+        }
+    }
+
+    fn send(&self, line: String) {
+        if let Some((registry, id)) = &self.record {
+            registry.log(id, line.clone());
+        }
+        if let Some(tx) = &self.tx {
+            let _ = tx.send(line);
+        }
     }
 
     pub fn say(&self, line: impl Into<String>) {
         let line = line.into();
         tracing::info!("{line}");
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(line);
-        }
+        self.send(line);
     }
 
     /// Output of a child process: shown to the user, logged at debug level.
     pub fn output(&self, line: impl Into<String>) {
         let line = line.into();
         tracing::debug!("{line}");
-        if let Some(tx) = &self.tx {
-            let _ = tx.send(line);
-        }
+        self.send(line);
     }
 }

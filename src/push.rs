@@ -162,8 +162,17 @@ pub async fn pre_receive(
     progress.say(format!("-----> {branch} is at {short}, pushed by {user}"));
     let origin = format!("git push by {user}");
     let deployed = engine
-        .deploy_commit(&turn, &repo, quarantine.as_deref(), &sha, origin, progress)
-        .await?;
+        .deploy_commit(
+            &turn,
+            &repo,
+            quarantine.as_deref(),
+            &sha,
+            origin,
+            None,
+            progress,
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     progress.say(deployed.summary());
     Ok(())
 }

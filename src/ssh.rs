@@ -686,6 +686,7 @@ impl GitJob {
             source: area.path.clone(),
             origin: format!("toppcloud update by {}", self.identity.name),
             sha: None,
+            record: None,
         };
         let deployed = self
             .shared
@@ -698,7 +699,7 @@ impl GitJob {
                 0
             }
             Err(e) => {
-                progress.say(format!("toppcloud: deploy failed: {e:#}"));
+                progress.say(format!("toppcloud: {e}"));
                 1
             }
         };

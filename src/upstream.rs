@@ -41,10 +41,10 @@ pub struct Upstream {
 impl Upstream {
     pub fn new(engine: Arc<Engine>, layout: Layout, cfg: Arc<NodeConfig>) -> Arc<Upstream> {
         Arc::new(Upstream {
+            registry: engine.deploys().clone(),
             engine,
             layout,
             cfg,
-            registry: Arc::new(Registry::new()),
         })
     }
 
@@ -177,16 +177,27 @@ impl Upstream {
             progress.say(format!("-----> {message}"));
             return Ok(Outcome::Live {
                 release,
-                sha,
+                sha: Some(sha),
                 message,
             });
         }
 
         let origin = format!("upstream {branch}: {}", summarise(&requested));
-        let deployed = self
+        let record = Some(id.to_string());
+        let deployed = match self
             .engine
-            .deploy_commit(&turn, &repo, None, &sha, origin, progress)
-            .await?;
+            .deploy_commit(&turn, &repo, None, &sha, origin, record, progress)
+            .await
+        {
+            Ok(d) => d,
+            Err(failed) => {
+                // The node's own faults stay in its log; the rest is the
+                // user's to read.
+                let why = failed.error.public_message();
+                progress.say(format!("-----> deploy failed: {why}"));
+                return Ok(Outcome::Failed(why));
+            }
+        };
 
         // The site is live either way; a branch that did not move is a
         // warning in the log, not a failed deploy.
@@ -207,7 +218,7 @@ impl Upstream {
         progress.say(message.clone());
         Ok(Outcome::Live {
             release: deployed.release.get(),
-            sha,
+            sha: Some(sha),
             message,
         })
     }

@@ -13,6 +13,7 @@ mod failures;
 mod limits;
 mod node;
 mod push;
+mod records;
 mod runners;
 mod system;
 mod update;

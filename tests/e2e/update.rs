@@ -68,14 +68,16 @@ fn rsync(node: &Node, key: &Path, args: &[&str]) -> Run {
     )
 }
 
+/// Upload areas still on the node (each site's `uploads/` directory).
 fn uploads_left(node: &Node) -> usize {
-    std::fs::read_dir(node.data.join("tmp"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| e.file_name().to_string_lossy().starts_with("upload-"))
-                .count()
-        })
-        .unwrap_or(0)
+    let Ok(sites) = std::fs::read_dir(node.data.join("sites")) else {
+        return 0;
+    };
+    sites
+        .flatten()
+        .filter_map(|s| std::fs::read_dir(s.path().join("uploads")).ok())
+        .map(|d| d.flatten().count())
+        .sum()
 }
 
 #[test]
