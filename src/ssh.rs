@@ -467,10 +467,7 @@ impl GitJob {
         let (code, w) = match seeded {
             Ok(()) => {
                 let mut cmd = tokio::process::Command::new("rsync");
-                cmd.arg("--server")
-                    .args(&upload.options)
-                    .arg(".")
-                    .arg(format!("{}/", area.display()))
+                cmd.args(upload.argv(&area))
                     .current_dir(&area)
                     .env_clear()
                     .env("PATH", "/usr/local/bin:/usr/bin:/bin")
