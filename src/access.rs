@@ -107,7 +107,7 @@ fn split_options(line: &str) -> (Option<&str>, &str) {
     (Some(line), "")
 }
 
-fn parse_line(line: &str) -> Result<AuthorizedKey> {
+pub fn parse_line(line: &str) -> Result<AuthorizedKey> {
     let (options, rest) = split_options(line);
     let key =
         PublicKey::from_openssh(rest).map_err(|e| anyhow::anyhow!("not a public key: {e}"))?;
