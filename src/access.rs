@@ -362,7 +362,7 @@ fn interpret(options: &[RawOption]) -> Result<Grant, String> {
 
 /// Parses one line: Err if it is not a key line at all; a key line whose
 /// options are refused is Ok, with the refusal in `grant`.
-fn parse_line(line: &str) -> Result<AuthorizedKey> {
+pub fn parse_line(line: &str) -> Result<AuthorizedKey> {
     let (options, rest) = split_options(line)?;
     let key =
         PublicKey::from_openssh(rest).map_err(|e| anyhow::anyhow!("not a public key: {e}"))?;

@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod deploys;
 pub mod engine;
+pub mod exec;
 pub mod git;
 pub mod http;
 pub mod init;

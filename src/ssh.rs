@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::access::{self, Identity};
 use crate::engine::{DeployRequest, Engine, SiteTurn};
+use crate::exec::Request;
 use crate::layout::Layout;
 use crate::listen::{self, Gate, Pass, Throttle};
 use crate::names::SiteName;
@@ -297,21 +298,6 @@ pub struct Connection {
     _on_drop: tokio_util::sync::DropGuard,
 }
 
-enum Request {
-    Receive(SiteName),
-    Fetch(SiteName),
-    Rsync(crate::upload::Upload),
-}
-
-impl Request {
-    fn site(&self) -> &SiteName {
-        match self {
-            Request::Receive(s) | Request::Fetch(s) => s,
-            Request::Rsync(u) => &u.site,
-        }
-    }
-}
-
 impl Connection {
     /// Accepts the request only to explain the refusal and exit non-zero:
     /// a bare channel failure makes ssh print nothing useful.
@@ -328,34 +314,6 @@ impl Connection {
         session.eof(ch)?;
         session.close(ch)
     }
-
-    /// Parses an exec line into a git command and the site it names.
-    fn parse_exec(&self, line: &str) -> Result<Request, String> {
-        let words =
-            shell_words::split(line).map_err(|_| format!("cannot parse command {line:?}"))?;
-        if words.first().is_some_and(|w| w == "rsync") {
-            return crate::upload::parse(&words, &self.shared.domain).map(Request::Rsync);
-        }
-        let (cmd, path) = match words.as_slice() {
-            [cmd, path] => (cmd.as_str(), path.as_str()),
-            _ => return Err(refusal_of(line)),
-        };
-        let name = path.strip_prefix('/').unwrap_or(path);
-        let name = name.strip_suffix(".git").unwrap_or(name);
-        let site = || SiteName::parse(name, &self.shared.domain).map_err(|e| e.to_string());
-        match cmd {
-            "git-receive-pack" => Ok(Request::Receive(site()?)),
-            "git-upload-pack" => Ok(Request::Fetch(site()?)),
-            _ => Err(refusal_of(line)),
-        }
-    }
-}
-
-fn refusal_of(line: &str) -> String {
-    let shown: String = line.chars().take(60).collect();
-    format!(
-        "{shown:?} is not something this node runs; it accepts git push, git fetch and toppcloud update"
-    )
 }
 
 impl russh::server::Handler for Connection {
@@ -501,7 +459,7 @@ impl russh::server::Handler for Connection {
             return self.refuse(ch, session, "not authenticated");
         };
         let line = String::from_utf8_lossy(data).into_owned();
-        let request = match self.parse_exec(&line) {
+        let request = match crate::exec::parse(&line, &self.shared.domain) {
             Ok(x) => x,
             Err(message) => return self.refuse(ch, session, &message),
         };
@@ -656,10 +614,7 @@ impl GitJob {
         // The receiver runs as the site's account, into the site's area:
         // whatever it is told, it can write nowhere else.
         let mut cmd = tokio::process::Command::new("rsync");
-        cmd.arg("--server")
-            .args(&upload.options)
-            .arg(".")
-            .arg(format!("{}/", area.path.display()))
+        cmd.args(upload.argv(&area.path))
             .current_dir(&area.path)
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")

@@ -209,6 +209,67 @@ fn rsync_forms_other_than_an_upload_are_refused() {
     assert_eq!(uploads_left(&node), 0);
 }
 
+/// The attack this closes: a key limited to one site put a directory of its
+/// choosing before `.`, and rsync's receiver wrote into it. Here the real
+/// rsync client sends files while its ssh sends that exact command line.
+#[test]
+fn rsync_extra_destination_cannot_write_outside_the_upload_area() {
+    let node = Node::start();
+    let key = node.keygen("limited");
+    let public = format!("{}.pub", key.display());
+    node.keys(&["add", "limited", &public, "--sites", "blog.localhost"])
+        .success();
+    let app = App::plain("blog", 1, "payload\n");
+    let work = tempfile::tempdir().expect("tempdir");
+    let victim = work.path().join("victim");
+    std::fs::create_dir(&victim).expect("mkdir");
+    // rsync runs `-e PROGRAM ... HOST rsync --server ...`; this program
+    // ignores what rsync asked for and sends the attacker's line instead.
+    let line = format!(
+        "rsync --server -rlte.iLsfxCIvu {} . blog/",
+        victim.display()
+    );
+    let wrapper = work.path().join("ssh-attack");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec {} -p {} toppcloud@127.0.0.1 '{line}'\n",
+            ssh_command(&key),
+            node.ssh_port
+        ),
+    )
+    .expect("write wrapper");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let mut cmd = Command::new("rsync");
+    cmd.args(["-rlt", "-e"])
+        .arg(&wrapper)
+        .arg(format!("{}/", app.path.display()))
+        .arg("toppcloud@127.0.0.1:blog/");
+    let run = Run::from(
+        format!("rsync through {line:?}"),
+        run_with_timeout(cmd, Duration::from_secs(60)),
+    );
+    let written: Vec<_> = std::fs::read_dir(&victim)
+        .expect("read victim")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(
+        written.is_empty(),
+        "rsync wrote into {victim:?}: {written:?}"
+    );
+    run.fails().stderr_has(&format!(
+        "unexpected rsync argument \"{}\"",
+        victim.display()
+    ));
+    assert_eq!(uploads_left(&node), 0);
+    assert!(
+        !node.data.join("sites/blog.localhost/releases/1").exists(),
+        "nothing was deployed"
+    );
+}
+
 #[test]
 fn default_node_and_remote_set_up_a_checkout() {
     let node = Node::start();
