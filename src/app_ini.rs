@@ -9,6 +9,8 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
+use serde::{Deserialize, Serialize};
+
 const FILE_NAME: &str = "app.ini";
 const SECTION: &str = "production";
 const DEFAULT_RUNNER: &str = "main.py";
@@ -518,9 +520,137 @@ fn parse_update_fetch(entry: &Entry) -> Result<Vec<String>, AppIniError> {
         .collect()
 }
 
+/// What is never part of an app: version control, local virtualenvs,
+/// compiled files and editor leftovers (the original toppcloud's list, plus
+/// `.venv` and swap files). `name/` matches directories only; `*` stands
+/// at one end of a pattern. One list for every place that asks: staging a
+/// release, `toppcloud update`'s rsync, `toppcloud serve`'s reloads.
+pub const EXCLUDED: &[&str] = &[
+    ".git/",
+    ".svn/",
+    ".hg/",
+    ".bzr/",
+    "CVS/",
+    "__pycache__/",
+    ".venv/",
+    "*~",
+    "#*",
+    ".#*",
+    ",*",
+    "*$",
+    "cvslog.*",
+    ".del-*",
+    "*.pyc",
+    "*.pyo",
+    "*.old",
+    "*.bak",
+    "*.BAK",
+    "*.orig",
+    "*.rej",
+    "*.elc",
+    "*.swp",
+    "*.swx",
+    "pip-log.txt",
+    ".make.state",
+    ".nse_depinfo",
+];
+
+/// Whether a file or directory named `name` is left out of an app.
+pub fn excluded(name: &str, is_dir: bool) -> bool {
+    EXCLUDED.iter().any(|p| match p.strip_suffix('/') {
+        Some(dir) => is_dir && name == dir,
+        None if is_dir => false,
+        None => match (p.strip_prefix('*'), p.strip_suffix('*')) {
+            (Some(tail), _) => name.ends_with(tail),
+            (_, Some(head)) => name.starts_with(head),
+            _ => name == *p,
+        },
+    })
+}
+
+impl AppIni {
+    /// What a node (and `toppcloud serve`) can do with this app.ini: an
+    /// error for what it cannot provide, warnings for what it ignores.
+    pub fn check_supported(&self) -> Result<Vec<String>, AppIniError> {
+        if let Some(s) = self.services.first() {
+            return Err(AppIniError {
+                line: Some(s.line),
+                message: format!(
+                    "service.{} is not available yet (services are not supported)",
+                    s.name
+                ),
+            });
+        }
+        let mut warnings = Vec::new();
+        if !self.packages.is_empty() {
+            warnings.push(
+                "app.ini: packages is not supported (installing system packages is the node admin's job); ignored"
+                    .to_string(),
+            );
+        }
+        Ok(warnings)
+    }
+}
+
+/// How the shim finds the app's WSGI callable (the shape tomllib reads).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum RunnerSpec {
+    Python {
+        file: String,
+        object: String,
+    },
+    Paste {
+        file: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        section: Option<String>,
+    },
+    Static,
+}
+
+impl From<&Runner> for RunnerSpec {
+    fn from(r: &Runner) -> RunnerSpec {
+        match r {
+            Runner::Python { file, object } => RunnerSpec::Python {
+                file: file.clone(),
+                object: object.clone(),
+            },
+            Runner::PasteDeploy { file, section } => RunnerSpec::Paste {
+                file: file.clone(),
+                section: section.clone(),
+            },
+            Runner::Static => RunnerSpec::Static,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn excluded_names_follow_the_original_list() {
+        for (name, dir) in [
+            ("main.pyc", false),
+            ("notes.txt~", false),
+            ("#draft#", false),
+            (".#lock", false),
+            (".main.py.swp", false),
+            (".git", true),
+            (".venv", true),
+            ("__pycache__", true),
+        ] {
+            assert!(excluded(name, dir), "{name}");
+        }
+        for (name, dir) in [
+            ("main.py", false),
+            ("static", true),
+            (".git", false),
+            ("venv", true),
+        ] {
+            assert!(!excluded(name, dir), "{name}");
+        }
+    }
 
     fn parse_with(text: &str, files: &[&str]) -> Result<(AppIni, Vec<Warning>), String> {
         AppIni::parse(text, &|path| files.contains(&path)).map_err(|e| e.to_string())

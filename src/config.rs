@@ -321,7 +321,7 @@ impl NodeConfig {
         if cfg.apache.cells == 0 {
             bail!("[apache] cells must be at least 1");
         }
-        crate::users::check_prefix(&cfg.apache.account_prefix)
+        crate::accounts::check_prefix(&cfg.apache.account_prefix)
             .context("[apache] account_prefix")?;
         cfg.source = config.map(Path::to_path_buf).or_else(|| {
             let file = cfg.data_dir.join("node.toml");

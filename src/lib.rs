@@ -3,34 +3,22 @@
 //! modules; they are a library so that fuzz targets and benchmarks can reach
 //! the parsers the node trusts at its edges.
 
-pub mod access;
-pub mod apache;
+// The ground floor: what every part stands on.
+pub mod accounts;
 pub mod app_ini;
 pub mod atomic;
-pub mod build;
-pub mod client;
 pub mod config;
-pub mod control;
-pub mod deploys;
-pub mod engine;
-pub mod exec;
-pub mod git;
-pub mod http;
-pub mod init;
+pub mod dirs;
 pub mod layout;
-pub mod listen;
 pub mod names;
-pub mod node;
 pub mod process;
 pub mod progress;
-pub mod push;
-pub mod release;
-pub mod serve;
-pub mod site_state;
-pub mod ssh;
-pub mod tree;
-pub mod update;
-pub mod upload;
-pub mod upstream;
-pub mod users;
-pub mod webhook;
+
+// Apache + mod_wsgi as the engine drives it.
+pub mod apache;
+// The deploy pipeline and what it drives.
+pub mod engine;
+// The laptop side: init, serve, update, its config.
+pub mod laptop;
+// The daemon and its doors.
+pub mod node;

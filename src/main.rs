@@ -8,8 +8,9 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use toppcloud::config::NodeConfig;
+use toppcloud::laptop::{config as client, init, serve, update};
 use toppcloud::layout::Layout;
-use toppcloud::{access, client, control, init, node, push, serve, update};
+use toppcloud::node::{self, control, keys as access, push};
 
 #[derive(Parser)]
 #[command(

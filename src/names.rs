@@ -81,6 +81,13 @@ impl SiteName {
         Ok(SiteName(name))
     }
 
+    /// Checks that `input` can name a site on some node (a bare name, to
+    /// which the node adds its domain, or a full one), for a client that
+    /// does not know the node's domain.
+    pub fn check_shape(input: &str) -> Result<(), NameError> {
+        SiteName::parse(input, "localhost").map(|_| ())
+    }
+
     pub fn as_str(&self) -> &str {
         &self.0
     }

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
-use crate::deploys::Registry;
+/// Where a deploy's record keeps its lines.
+pub type RecordSink = Arc<dyn Fn(String) + Send + Sync>;
 
 /// A cheap, cloneable sink for progress lines. A sink whose reader has gone
 /// away swallows lines: a deploy never fails because nobody is listening.
@@ -14,7 +15,7 @@ use crate::deploys::Registry;
 pub struct Progress {
     tx: Option<mpsc::UnboundedSender<String>>,
     /// The deploy record every line is also kept in.
-    record: Option<(Arc<Registry>, String)>,
+    record: Option<RecordSink>,
 }
 
 impl Progress {
@@ -29,17 +30,17 @@ impl Progress {
         )
     }
 
-    /// The same sink, whose lines also go into deploy `id`'s log.
-    pub fn recorded(&self, registry: Arc<Registry>, id: &str) -> Progress {
+    /// The same sink, whose lines also go into a deploy's record.
+    pub fn recorded(&self, record: RecordSink) -> Progress {
         Progress {
             tx: self.tx.clone(),
-            record: Some((registry, id.to_string())),
+            record: Some(record),
         }
     }
 
     fn send(&self, line: String) {
-        if let Some((registry, id)) = &self.record {
-            registry.log(id, line.clone());
+        if let Some(record) = &self.record {
+            record(line.clone());
         }
         if let Some(tx) = &self.tx {
             let _ = tx.send(line);

@@ -7,12 +7,12 @@
 
 use std::path::{Component, Path};
 
-use toppcloud::access;
+use toppcloud::node::keys;
 use toppcloud::app_ini::{AppIni, Runner};
-use toppcloud::exec::{self, Request};
+use toppcloud::node::exec::{self, Request};
 use toppcloud::layout::Layout;
 use toppcloud::names::{MAX_SITE_NAME_LEN, SiteName};
-use toppcloud::upload::{self, Upload};
+use toppcloud::node::upload::{self, Upload};
 
 /// The node's default domain in every target.
 pub const DOMAIN: &str = "localhost";

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use tokio::process::Command;
 
+use crate::accounts::Account;
 use crate::config::{ApacheConfig, ApacheMode};
 use crate::layout::Layout;
 use crate::process::run_captured;
-use crate::users::Account;
 
 const HTTPD_CONF: &str = include_str!("../../server-files/apache/httpd.conf.in");
 const SITES_CONF: &str = include_str!("../../server-files/apache/sites.conf.in");
@@ -265,9 +265,9 @@ impl Apache {
     fn write_share(&self) -> Result<()> {
         let dir = self.layout.apache_dir();
         let share = self.layout.share_dir();
-        crate::build::create_dir(&dir, 0o711, None)?;
-        crate::build::create_dir(&share, 0o755, None)?;
-        crate::build::create_dir(&share.join("errors"), 0o755, None)?;
+        crate::dirs::create_dir(&dir, 0o711, None)?;
+        crate::dirs::create_dir(&share, 0o755, None)?;
+        crate::dirs::create_dir(&share.join("errors"), 0o755, None)?;
         for (path, text) in [
             (share.join("runner.py"), RUNNER),
             (share.join("shim.wsgi"), SHIM),
@@ -278,7 +278,7 @@ impl Apache {
         if !self.layout.routes_map().exists() {
             routes::write(&self.layout.routes_map(), &routes::Routes::new())?;
         }
-        crate::build::create_dir(&self.layout.slots_dir(), 0o711, None)?;
+        crate::dirs::create_dir(&self.layout.slots_dir(), 0o711, None)?;
         Ok(())
     }
 
@@ -328,8 +328,8 @@ impl Apache {
     async fn start_private(&self) -> Result<()> {
         let dir = self.layout.apache_dir();
         // run/ holds mod_wsgi's sockets, which Apache's workers must reach.
-        crate::build::create_dir(&dir.join("run"), 0o711, None)?;
-        crate::build::create_dir(&dir.join("logs"), 0o700, None)?;
+        crate::dirs::create_dir(&dir.join("run"), 0o711, None)?;
+        crate::dirs::create_dir(&dir.join("logs"), 0o700, None)?;
         let running = self.parent_pid();
         let port_file = dir.join("listen");
         let mut attempts = 0;
@@ -477,7 +477,7 @@ impl Apache {
     pub fn set_pointer(&self, slot: &str, release_dir: &Path) -> Result<()> {
         let ptr = self.layout.slot_pointer(slot);
         let dir = ptr.parent().context("slot pointer has no parent")?;
-        crate::build::create_dir(dir, 0o711, None)?;
+        crate::dirs::create_dir(dir, 0o711, None)?;
         let tmp = dir.join(".release.tmp");
         let _ = std::fs::remove_file(&tmp);
         std::os::unix::fs::symlink(release_dir, &tmp)

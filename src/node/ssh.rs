@@ -23,14 +23,14 @@ use russh::{Channel, ChannelId, ChannelWriteHalf, MethodKind, MethodSet};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::access::{self, Identity};
 use crate::engine::{DeployRequest, Engine, SiteTurn};
-use crate::exec::Request;
 use crate::layout::Layout;
-use crate::listen::{self, Gate, Pass, Throttle};
 use crate::names::SiteName;
+use crate::node::exec::Request;
+use crate::node::keys::{self, Identity};
+use crate::node::listen::{self, Gate, Pass, Throttle};
+use crate::node::push::Pushes;
 use crate::progress::Progress;
-use crate::push::Pushes;
 
 /// What every connection shares.
 pub struct Shared {
@@ -325,7 +325,7 @@ impl russh::server::Handler for Connection {
         offer: PublicKeyOffer<'_>,
     ) -> Result<Auth, Self::Error> {
         // Only says "go on and sign"; grants nothing.
-        match access::identify(
+        match keys::identify(
             &self.shared.authorized_keys,
             offer.public_key,
             self.peer.ip(),
@@ -340,7 +340,7 @@ impl russh::server::Handler for Connection {
         _user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        match access::identify(&self.shared.authorized_keys, key.public_key, self.peer.ip()) {
+        match keys::identify(&self.shared.authorized_keys, key.public_key, self.peer.ip()) {
             Some(id) => {
                 tracing::info!(peer = %self.peer, key = %id.name, fingerprint = %id.fingerprint, "ssh login");
                 self.identity = Some(id);
@@ -459,7 +459,7 @@ impl russh::server::Handler for Connection {
             return self.refuse(ch, session, "not authenticated");
         };
         let line = String::from_utf8_lossy(data).into_owned();
-        let request = match crate::exec::parse(&line, &self.shared.domain) {
+        let request = match crate::node::exec::parse(&line, &self.shared.domain) {
             Ok(x) => x,
             Err(message) => return self.refuse(ch, session, &message),
         };
@@ -562,7 +562,8 @@ impl GitJob {
     /// the whole of receive-pack), and the pre-receive hook deploys.
     async fn receive(self, channel: Channel<Msg>) -> Result<()> {
         let repo = self.repo.clone();
-        let prepared = tokio::task::spawn_blocking(move || crate::git::ensure_repo(&repo)).await?;
+        let prepared =
+            tokio::task::spawn_blocking(move || crate::engine::git::ensure_repo(&repo)).await?;
         if let Err(e) = prepared {
             let (_, w) = channel.split();
             let line = format!("toppcloud: cannot prepare the repository: {e:#}\n");
@@ -593,7 +594,7 @@ impl GitJob {
     /// with the live release, then the engine deploys it; its progress goes
     /// to the client's stderr before the exit status. The area is removed
     /// whatever happens.
-    async fn rsync(self, channel: Channel<Msg>, upload: crate::upload::Upload) -> Result<()> {
+    async fn rsync(self, channel: Channel<Msg>, upload: crate::node::upload::Upload) -> Result<()> {
         let turn = self.turn(&channel).await;
         let prepared = self
             .shared

@@ -3,6 +3,16 @@
 //! HTTP API (webhooks included), SSH and the control socket until SIGINT or
 //! SIGTERM.
 
+pub mod control;
+pub mod exec;
+pub mod http;
+pub mod keys;
+pub mod listen;
+pub mod push;
+pub mod ssh;
+pub mod upload;
+pub mod webhook;
+
 use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -12,15 +22,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-use crate::access;
 use crate::config::NodeConfig;
-use crate::control;
 use crate::engine::Engine;
-use crate::http;
+use crate::engine::upstream::Upstream;
 use crate::layout::Layout;
-use crate::push::Pushes;
-use crate::ssh;
-use crate::upstream::Upstream;
+use push::Pushes;
 
 pub async fn run(cfg: NodeConfig) -> Result<()> {
     // What the node writes is its own unless it opens it up on purpose
@@ -36,7 +42,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     std::fs::set_permissions(layout.root(), std::fs::Permissions::from_mode(0o711))
         .with_context(|| format!("cannot chmod {}", layout.root().display()))?;
     check_reachable(layout.root())?;
-    if !crate::users::isolating() {
+    if !crate::accounts::isolating() {
         tracing::warn!(
             "running as a normal user: this node cannot create an account per site, so every site's code runs as this user (run the node as root to isolate sites)"
         );
@@ -48,7 +54,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     }
     // Read once now so that lines the node refuses are reported at start,
     // not only when someone tries their key.
-    if let Err(e) = access::load(&cfg.authorized_keys()) {
+    if let Err(e) = keys::load(&cfg.authorized_keys()) {
         tracing::error!("{e:#}");
     }
 

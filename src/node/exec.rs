@@ -4,7 +4,7 @@
 //! the request.
 
 use crate::names::SiteName;
-use crate::upload::Upload;
+use crate::node::upload::Upload;
 
 /// What a client may ask the node to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,7 +31,7 @@ impl Request {
 pub fn parse(line: &str, domain: &str) -> Result<Request, String> {
     let words = shell_words::split(line).map_err(|_| format!("cannot parse command {line:?}"))?;
     if words.first().is_some_and(|w| w == "rsync") {
-        return crate::upload::parse(&words, domain).map(Request::Rsync);
+        return crate::node::upload::parse(&words, domain).map(Request::Rsync);
     }
     let (cmd, path) = match words.as_slice() {
         [cmd, path] => (cmd.as_str(), path.as_str()),

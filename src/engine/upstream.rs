@@ -13,12 +13,12 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 
 use crate::config::NodeConfig;
-use crate::deploys::{Enqueued, Outcome, Registry};
 use crate::engine::Engine;
+use crate::engine::queue::{Enqueued, Outcome, Registry};
+use crate::engine::release::now_rfc3339;
 use crate::layout::Layout;
 use crate::names::SiteName;
 use crate::progress::Progress;
-use crate::release::now_rfc3339;
 
 /// Where the fetched upstream head lands in the site's bare repository:
 /// apart from `refs/heads/*`, which only moves once a deploy is live.
@@ -68,7 +68,7 @@ impl Upstream {
         }
         let repo = self.layout.repo(site);
         if repo.join("HEAD").exists()
-            && let Ok(b) = crate::git::head_branch(&repo)
+            && let Ok(b) = crate::engine::git::head_branch(&repo)
         {
             return b;
         }
@@ -154,7 +154,7 @@ impl Upstream {
         let repo = self.layout.repo(site);
         {
             let repo = repo.clone();
-            tokio::task::spawn_blocking(move || crate::git::ensure_repo(&repo))
+            tokio::task::spawn_blocking(move || crate::engine::git::ensure_repo(&repo))
                 .await
                 .context("preparing the repository was interrupted")??;
         }

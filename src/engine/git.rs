@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, anyhow, bail};
 use git2::{Oid, Repository, RepositoryInitOptions};
 
-const PRE_RECEIVE: &str = include_str!("../hooks/pre-receive");
+const PRE_RECEIVE: &str = include_str!("../../hooks/pre-receive");
 
 /// Creates the bare repository if needed (HEAD on `main`) and (re)installs
 /// the hook shim, so an upgraded node never runs an old hook.

@@ -108,16 +108,16 @@ pub async fn pre_receive(
     let branch = match engine.site_branch(&site) {
         Some(b) => b.to_string(),
         None => {
-            let head = crate::git::head_branch(&repo)?;
+            let head = crate::engine::git::head_branch(&repo)?;
             // A repository's first push chooses between main and master.
-            let first = !crate::git::has_branches(&repo)?;
+            let first = !crate::engine::git::has_branches(&repo)?;
             let pushes_head = req
                 .updates
                 .iter()
                 .any(|u| u.name == format!("refs/heads/{head}"));
             let master = req.updates.iter().any(|u| u.name == "refs/heads/master");
             if first && !pushes_head && master {
-                crate::git::set_head(&repo, "master")?;
+                crate::engine::git::set_head(&repo, "master")?;
                 "master".to_string()
             } else {
                 head
@@ -149,8 +149,10 @@ pub async fn pre_receive(
     let quarantine = req.quarantine.clone();
     let shallow = {
         let (repo, q, sha) = (repo.clone(), quarantine.clone(), sha.clone());
-        tokio::task::spawn_blocking(move || crate::git::is_shallow(&repo, q.as_deref(), &sha))
-            .await??
+        tokio::task::spawn_blocking(move || {
+            crate::engine::git::is_shallow(&repo, q.as_deref(), &sha)
+        })
+        .await??
     };
     if shallow {
         bail!(

@@ -14,8 +14,8 @@ use tokio::net::{UnixListener, UnixStream};
 use crate::engine::{DeployRequest, Engine};
 use crate::layout::Layout;
 use crate::names::SiteName;
+use crate::node::push::{PreReceive, Pushes, RefUpdate};
 use crate::progress::Progress;
-use crate::push::{PreReceive, Pushes, RefUpdate};
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -165,7 +165,7 @@ async fn handle(stream: UnixStream, state: Arc<State>) -> Result<()> {
                         updates,
                         quarantine,
                     };
-                    crate::push::pre_receive(
+                    crate::node::push::pre_receive(
                         &state.engine,
                         &state.pushes,
                         &state.layout,

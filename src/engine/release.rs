@@ -8,30 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::app_ini::Runner;
-
-/// Names the original toppcloud never uploaded, plus local virtualenvs.
-fn excluded(name: &str, is_dir: bool) -> bool {
-    if is_dir {
-        return matches!(
-            name,
-            ".git" | ".svn" | ".hg" | ".bzr" | "CVS" | "__pycache__" | ".venv"
-        );
-    }
-    name.ends_with('~')
-        || name.starts_with('#')
-        || name.starts_with(".#")
-        || name.starts_with(',')
-        || name.ends_with('$')
-        || name.starts_with("cvslog.")
-        || name.starts_with(".del-")
-        || matches!(name, "pip-log.txt" | ".make.state" | ".nse_depinfo")
-        || [
-            ".pyc", ".pyo", ".old", ".bak", ".BAK", ".orig", ".rej", ".elc",
-        ]
-        .iter()
-        .any(|s| name.ends_with(s))
-}
+use crate::app_ini::{RunnerSpec, excluded};
 
 /// Copies the tree at `src` into `dest` (which must not exist), leaving out
 /// VCS directories and editor leftovers, without following any link (the
@@ -40,7 +17,7 @@ fn excluded(name: &str, is_dir: bool) -> bool {
 /// judge on the copy.
 pub fn stage(src: &Path, dest: &Path) -> Result<usize> {
     let keep = |name: &str, is_dir: bool| !excluded(name, is_dir);
-    Ok(crate::tree::copy_untrusted(src, dest, &keep)?.files)
+    Ok(crate::engine::tree::copy_untrusted(src, dest, &keep)?.files)
 }
 
 /// Fills `dest` with hard links to the files of `src` (a release's app dir),
@@ -72,38 +49,6 @@ pub fn seed(src: &Path, dest: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// How the shim finds the app's WSGI callable (the shape tomllib reads).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
-pub enum RunnerSpec {
-    Python {
-        file: String,
-        object: String,
-    },
-    Paste {
-        file: String,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        section: Option<String>,
-    },
-    Static,
-}
-
-impl From<&Runner> for RunnerSpec {
-    fn from(r: &Runner) -> RunnerSpec {
-        match r {
-            Runner::Python { file, object } => RunnerSpec::Python {
-                file: file.clone(),
-                object: object.clone(),
-            },
-            Runner::PasteDeploy { file, section } => RunnerSpec::Paste {
-                file: file.clone(),
-                section: section.clone(),
-            },
-            Runner::Static => RunnerSpec::Static,
-        }
-    }
 }
 
 /// `release.toml`: written once, before the release is loaded.
@@ -148,16 +93,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn excludes_follow_the_original() {
-        assert!(excluded("main.pyc", false));
-        assert!(excluded("notes.txt~", false));
-        assert!(excluded(".git", true));
-        assert!(excluded(".venv", true));
-        assert!(!excluded("main.py", false));
-        assert!(!excluded("static", true));
-    }
-
-    #[test]
     fn stage_copies_and_filters() {
         let src = tempfile::tempdir().unwrap();
         let dst = tempfile::tempdir().unwrap();
@@ -170,7 +105,7 @@ mod tests {
         std::os::unix::fs::symlink("a.txt", src.path().join("static/b")).unwrap();
         let out = dst.path().join("app");
         assert_eq!(stage(src.path(), &out).unwrap(), 2);
-        let outward: Vec<String> = crate::tree::outward_links(&out)
+        let outward: Vec<String> = crate::engine::tree::outward_links(&out)
             .into_iter()
             .map(|(n, _)| n)
             .collect();

@@ -30,14 +30,14 @@ use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
 use crate::config::{HttpConfig, NodeConfig};
-use crate::deploys::{Enqueued, KEEP_FINISHED, Status};
 use crate::engine::Engine;
+use crate::engine::queue::{Enqueued, KEEP_FINISHED, Status};
+use crate::engine::state::SiteState;
+use crate::engine::upstream::{Upstream, redact};
 use crate::layout::Layout;
-use crate::listen::{self, Throttle};
 use crate::names::SiteName;
-use crate::site_state::SiteState;
-use crate::upstream::{Upstream, redact};
-use crate::webhook::{self, Event, ReplayCache};
+use crate::node::listen::{self, Throttle};
+use crate::node::webhook::{self, Event, ReplayCache};
 
 /// Delivery ids remembered for refusing replays, node-wide.
 pub const REPLAY_CACHE: usize = 10_000;

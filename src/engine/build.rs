@@ -13,12 +13,13 @@ use anyhow::{Context, Result, bail};
 use sha2::{Digest, Sha256};
 use tokio::process::Command;
 
+use crate::accounts::Account;
 use crate::config::BuildConfig;
+use crate::dirs::create_dir;
 use crate::layout::Layout;
 use crate::names::SiteName;
 use crate::process::{run_captured, run_streamed};
 use crate::progress::Progress;
-use crate::users::Account;
 
 const COMPLETE: &str = ".toppcloud-complete";
 
@@ -355,7 +356,11 @@ impl Builder {
                     .await
                     .with_context(|| format!("installing {} failed", reqs.source))?;
             }
-            crate::tree::seal(venv, who.account.map(|a| a.gid), crate::tree::Seal::Private)?;
+            crate::engine::tree::seal(
+                venv,
+                who.account.map(|a| a.gid),
+                crate::engine::tree::Seal::Private,
+            )?;
             if who.account.is_none() {
                 open_up(venv)?;
             }
@@ -445,22 +450,6 @@ fn is_complete(venv: &Path, isolating: bool) -> bool {
         return false;
     };
     !isolating || (dir.uid() == 0 && mark.uid() == 0 && dir.is_dir())
-}
-
-/// Creates `dir` if missing with `mode`, owned by `owner` when given.
-pub fn create_dir(dir: &Path, mode: u32, owner: Option<(u32, u32)>) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    match std::fs::create_dir(dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e).with_context(|| format!("cannot create {}", dir.display())),
-    }
-    if let Some((uid, gid)) = owner {
-        std::os::unix::fs::lchown(dir, Some(uid), Some(gid))
-            .with_context(|| format!("cannot chown {}", dir.display()))?;
-    }
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
-        .with_context(|| format!("cannot chmod {}", dir.display()))
 }
 
 /// Makes a node-built tree readable by everyone (the base venv every

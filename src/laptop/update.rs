@@ -11,27 +11,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 use crate::app_ini::AppIni;
-use crate::client::Node;
-
-/// What the node never wants uploaded (the original toppcloud's list).
-const EXCLUDES: &[&str] = &[
-    ".git/",
-    ".svn/",
-    ".hg/",
-    ".bzr/",
-    "CVS/",
-    "__pycache__/",
-    ".venv/",
-    "*.pyc",
-    "*.pyo",
-    "*~",
-    "#*",
-    ".#*",
-    "*.bak",
-    "*.orig",
-    "*.rej",
-    "pip-log.txt",
-];
+use crate::laptop::config::Node;
 
 pub fn run(dir: &Path, host: Option<&str>, node: &Node, etc_hosts: bool) -> Result<()> {
     let (ini, warnings) = AppIni::load(dir).map_err(anyhow::Error::new)?;
@@ -45,18 +25,13 @@ pub fn run(dir: &Path, host: Option<&str>, node: &Node, etc_hosts: bool) -> Resu
             dir.display()
         ),
     };
-    if site.is_empty()
-        || site.starts_with('-')
-        || !site
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || ".-".contains(c))
-    {
-        bail!("invalid host {site:?}: a site name such as blog.example.com");
-    }
+    // The node adds its own domain to a bare name; here the name must only
+    // be a site name at all (never an rsync option or a path).
+    crate::names::SiteName::check_shape(&site).map_err(|e| anyhow::anyhow!("--host: {e}"))?;
     let mut cmd = Command::new("rsync");
     // No -p: the node refuses it (see upload.rs); staging sets permissions.
     cmd.args(["-rltz", "--delete", "-i"]);
-    for e in EXCLUDES {
+    for e in crate::app_ini::EXCLUDED {
         cmd.arg(format!("--exclude={e}"));
     }
     cmd.arg("-e")

@@ -26,11 +26,11 @@ use tokio::process::{Child, Command};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::app_ini::AppIni;
-use crate::init::SYSTEM_PYTHON;
-use crate::release::RunnerSpec;
+use crate::app_ini::{RunnerSpec, excluded};
+use crate::laptop::init::SYSTEM_PYTHON;
 
-const DEVSERVER: &str = include_str!("../server-files/devserver.py");
-const RUNNER: &str = include_str!("../server-files/runner.py");
+const DEVSERVER: &str = include_str!("../../server-files/devserver.py");
+const RUNNER: &str = include_str!("../../server-files/runner.py");
 
 /// What apps see in `TOPPCLOUD` when they run under `serve`.
 pub const DEVEL_VERSION: &str = concat!("devel/", env!("CARGO_PKG_VERSION"));
@@ -153,16 +153,8 @@ fn load_runner(root: &Path) -> Result<RunnerSpec> {
     for w in &warnings {
         eprintln!("warning: {w}");
     }
-    if let Some(s) = ini.services.first() {
-        bail!(
-            "app.ini:{}: service.{} is not available yet (services are not supported, \
-             by serve or by the node)",
-            s.line,
-            s.name
-        );
-    }
-    if !ini.packages.is_empty() {
-        eprintln!("warning: app.ini: packages is not supported; ignored");
+    for w in ini.check_supported().map_err(anyhow::Error::new)? {
+        eprintln!("warning: {w}");
     }
     Ok(RunnerSpec::from(&ini.runner))
 }
@@ -372,21 +364,6 @@ async fn stop(child: &mut Child) {
 /// Size and modification time of every file of the app, by relative path.
 type Snapshot = BTreeMap<PathBuf, (u64, Option<SystemTime>)>;
 
-/// Directories whose changes never restart the app.
-fn ignored_dir(name: &str) -> bool {
-    matches!(name, ".venv" | "__pycache__" | ".git" | ".hg" | ".svn")
-}
-
-/// Editor droppings and compiled files.
-fn ignored_file(name: &str) -> bool {
-    name.ends_with('~')
-        || name.ends_with(".pyc")
-        || name.ends_with(".swp")
-        || name.ends_with(".swx")
-        || name.starts_with(".#")
-        || (name.starts_with('#') && name.ends_with('#'))
-}
-
 async fn take_snapshot(root: PathBuf) -> Snapshot {
     tokio::task::spawn_blocking(move || {
         let mut out = Snapshot::new();
@@ -410,12 +387,12 @@ fn walk(root: &Path, dir: &Path, out: &mut Snapshot) {
         };
         if meta.is_dir() {
             // Symlinked directories are not followed (no loops).
-            if !ignored_dir(&name) {
+            if !excluded(&name, true) {
                 walk(root, &path, out);
             }
             continue;
         }
-        if ignored_file(&name) {
+        if excluded(&name, false) {
             continue;
         }
         // A symlink counts by what it points at.

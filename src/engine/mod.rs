@@ -13,6 +13,14 @@
 //! daemons that run as the cell's own account, so no daemon, build or
 //! upload of one site ever runs as root or as another site.
 
+pub mod build;
+pub mod git;
+pub mod queue;
+pub mod release;
+pub mod state;
+pub mod tree;
+pub mod upstream;
+
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -22,18 +30,20 @@ use anyhow::{Context, Result, bail};
 use tokio::sync::OwnedMutexGuard;
 use tracing::Instrument;
 
+use crate::accounts::{self, Account};
 use crate::apache::{self, Apache};
 use crate::app_ini::AppIni;
-use crate::build::{BuildFor, Builder, create_dir, venv_key_of};
+use crate::app_ini::RunnerSpec;
 use crate::config::NodeConfig;
-use crate::deploys::{Outcome, Registry};
+use crate::dirs::create_dir;
 use crate::layout::Layout;
 use crate::names::{ReleaseId, SiteName};
 use crate::progress::Progress;
-use crate::release::{self, ReleaseFile, RunnerSpec};
-use crate::site_state::{Placed, ReleaseRecord, SiteState};
-use crate::tree::{self, Seal};
-use crate::users::{self, Account};
+use build::{BuildFor, Builder, venv_key_of};
+use queue::{Outcome, Registry};
+use release::ReleaseFile;
+use state::{Placed, ReleaseRecord, SiteState};
+use tree::Seal;
 
 /// The version string apps see in `TOPPCLOUD`.
 pub const NODE_VERSION: &str = concat!("toppcloud/", env!("CARGO_PKG_VERSION"));
@@ -208,7 +218,8 @@ impl Record {
     /// Progress whose lines also go into the record, when it is ours.
     fn progress(&self, progress: &Progress, deploys: &Arc<Registry>) -> Progress {
         if self.own {
-            progress.recorded(deploys.clone(), &self.id)
+            let (deploys, id) = (deploys.clone(), self.id.clone());
+            progress.recorded(Arc::new(move |line| deploys.log(&id, line)))
         } else {
             progress.clone()
         }
@@ -326,7 +337,7 @@ impl Engine {
                 tree.clone(),
             );
             tokio::task::spawn_blocking(move || {
-                crate::git::export(&repo, q.as_deref(), &sha, &tree)
+                crate::engine::git::export(&repo, q.as_deref(), &sha, &tree)
             })
             .await
             .context("exporting was interrupted")
@@ -429,9 +440,9 @@ impl Engine {
             .len();
         let mut more = Vec::new();
         for cell in have..cells {
-            more.push(if users::isolating() {
-                let name = users::cell_account_name(&self.cfg.apache.account_prefix, cell);
-                Some(users::ensure(&name).await?)
+            more.push(if accounts::isolating() {
+                let name = accounts::cell_account_name(&self.cfg.apache.account_prefix, cell);
+                Some(accounts::ensure(&name).await?)
             } else {
                 None
             });
@@ -736,15 +747,8 @@ impl Engine {
         for w in &warnings {
             progress.say(format!("warning: {w}"));
         }
-        if let Some(s) = ini.services.first() {
-            return Err(DeployError::Source(anyhow::anyhow!(
-                "app.ini:{}: service.{} is not available on this node yet (services are not supported)",
-                s.line,
-                s.name
-            )));
-        }
-        if !ini.packages.is_empty() {
-            progress.say("warning: app.ini: packages is not supported; ignored");
+        for w in ini.check_supported().map_err(DeployError::AppIni)? {
+            progress.say(format!("warning: {w}"));
         }
 
         // Build: the app is sealed first (the build reads it as the site's

@@ -1,0 +1,8 @@
+//! The laptop side: `toppcloud init` writes a new app, `serve` runs it the
+//! way a node would, `update` uploads it with rsync over ssh, and `config`
+//! is the laptop's list of nodes (`~/.config/toppcloud/config.toml`).
+
+pub mod config;
+pub mod init;
+pub mod serve;
+pub mod update;
