@@ -560,11 +560,7 @@ mod tests {
             local: false,
         };
         let key = |cfg: BuildConfig| {
-            Builder::new(cfg, Layout::new("/nonexistent".into())).key(
-                &reqs,
-                &site,
-                Path::new("/r"),
-            )
+            Builder::new(cfg, Layout::new("/nonexistent".into())).key(&reqs, &site, Path::new("/r"))
         };
         let plain = key(BuildConfig::default());
         let wheels = key(BuildConfig {

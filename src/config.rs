@@ -664,7 +664,10 @@ mod tests {
         .unwrap();
         assert_eq!(
             cfg.build.find_links,
-            [PathBuf::from("/srv/wheels"), PathBuf::from("/opt/more wheels")]
+            [
+                PathBuf::from("/srv/wheels"),
+                PathBuf::from("/opt/more wheels")
+            ]
         );
         assert!(cfg.build.no_index);
 
