@@ -198,6 +198,7 @@ pub fn toppcloud_cmd() -> Command {
     cmd.env("UV_CACHE_DIR", uv_cache())
         .env("UV_NO_INDEX", "1")
         .env("PIP_NO_INDEX", "1")
+        .env("PIP_NO_CACHE_DIR", "1")
         .env("PIP_DISABLE_PIP_VERSION_CHECK", "1");
     if let Some(w) = built_wheelhouse() {
         cmd.env("UV_FIND_LINKS", &w).env("PIP_FIND_LINKS", &w);
