@@ -233,10 +233,11 @@ fn ssh_idle_connections_cannot_take_the_server_down() {
     let mut idle: Vec<TcpStream> = (0..300)
         .map(|_| TcpStream::connect(("127.0.0.1", node.ssh_port)).expect("connect"))
         .collect();
+    // Out of descriptors: every one of the 256 is in use.
     wait_for(
         "the node to run out of file descriptors",
         Duration::from_secs(30),
-        || node.log().contains("Too many open files").then_some(()),
+        || (open_files(pid) >= 256).then_some(()),
     );
     assert!(alive(pid), "the node died:\n{}", node.log());
     // The listener is still there: the kernel queues new connections.
@@ -259,6 +260,7 @@ fn ssh_idle_connections_cannot_take_the_server_down() {
         (1..=seconds + 2).contains(&reports),
         "{reports} accept error reports in {seconds} s"
     );
+    assert!(node.log().contains("Too many open files"), "{}", node.log());
 
     // The attacker goes away; the node serves again, the queued connection
     // included, and a real push works.
