@@ -178,6 +178,13 @@ pub struct BuildConfig {
     pub uv: PathBuf,
     /// uv's download cache; on the data dir's filesystem so uv can hardlink.
     pub uv_cache_dir: Option<PathBuf>,
+    /// Directories of wheels uv may install from (`uv pip install
+    /// --find-links DIR`), besides the index. Absolute paths: a relative one
+    /// would be read from the app's directory.
+    pub find_links: Vec<PathBuf>,
+    /// Never reach a package index (`--no-index`): packages come only from
+    /// `find_links` (and what the requirements name by path or URL).
+    pub no_index: bool,
 }
 
 impl Default for NodeConfig {
@@ -235,6 +242,8 @@ impl Default for BuildConfig {
             python: "/usr/bin/python3".into(),
             uv: "uv".into(),
             uv_cache_dir: None,
+            find_links: Vec::new(),
+            no_index: false,
         }
     }
 }
@@ -323,6 +332,12 @@ impl NodeConfig {
         }
         crate::accounts::check_prefix(&cfg.apache.account_prefix)
             .context("[apache] account_prefix")?;
+        if let Some(dir) = cfg.build.find_links.iter().find(|d| d.is_relative()) {
+            bail!(
+                "[build] find_links: {} is not an absolute path",
+                dir.display()
+            );
+        }
         cfg.source = config.map(Path::to_path_buf).or_else(|| {
             let file = cfg.data_dir.join("node.toml");
             file.is_file().then_some(file)
@@ -635,6 +650,36 @@ mod tests {
                 "{err:#}"
             );
         }
+    }
+
+    #[test]
+    fn find_links_and_no_index_are_read_and_default_to_off() {
+        let cfg = resolved("").unwrap();
+        assert!(cfg.build.find_links.is_empty());
+        assert!(!cfg.build.no_index);
+
+        let cfg = resolved(
+            r#"
+            [build]
+            find_links = ["/srv/wheels", "/opt/more wheels"]
+            no_index = true
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            cfg.build.find_links,
+            [
+                PathBuf::from("/srv/wheels"),
+                PathBuf::from("/opt/more wheels")
+            ]
+        );
+        assert!(cfg.build.no_index);
+
+        let err = resolved("[build]\nfind_links = [\"wheels\"]\n").unwrap_err();
+        assert!(
+            format!("{err:#}").contains("[build] find_links: wheels is not an absolute path"),
+            "{err:#}"
+        );
     }
 
     #[test]

@@ -341,6 +341,7 @@ impl Builder {
                 let mut c = self.uv(Some(&home), &cache);
                 c.args(["pip", "install", "--compile-bytecode", "--python"])
                     .arg(venv.join("bin/python"));
+                self.package_sources(&mut c);
                 if reqs.source == "requirements.txt" {
                     c.arg("-r").arg(app_dir.join("requirements.txt"));
                 } else {
@@ -374,6 +375,17 @@ impl Builder {
         result
     }
 
+    /// Where `uv pip install` may take packages from, as the node's config
+    /// says (`[build] find_links`, `no_index`); never from the app.
+    fn package_sources(&self, c: &mut Command) {
+        for dir in &self.cfg.find_links {
+            c.arg("--find-links").arg(dir);
+        }
+        if self.cfg.no_index {
+            c.arg("--no-index");
+        }
+    }
+
     /// A venv is shared by the releases of one site whose requirements are
     /// the same; never by two sites (each builds its own, as its own
     /// account, so no site can decide what another imports).
@@ -390,6 +402,14 @@ impl Builder {
                 h.update(v.as_encoded_bytes());
                 h.update(b"\n");
             }
+        }
+        for dir in &self.cfg.find_links {
+            h.update(b"--find-links ");
+            h.update(dir.as_os_str().as_encoded_bytes());
+            h.update(b"\n");
+        }
+        if self.cfg.no_index {
+            h.update(b"--no-index\n");
         }
         h.update(reqs.text.as_bytes());
         if reqs.local {
@@ -518,6 +538,33 @@ mod tests {
         let r = Requirements::read(d.path()).unwrap();
         assert_eq!(r.text, "flask>=3\nrequests\n");
         assert_eq!(r.source, "pyproject.toml");
+    }
+
+    #[test]
+    fn the_venv_key_follows_the_package_sources() {
+        let site = SiteName::parse("blog", "localhost").unwrap();
+        let reqs = Requirements {
+            text: "flask\n".into(),
+            source: "requirements.txt",
+            local: false,
+        };
+        let key = |cfg: BuildConfig| {
+            Builder::new(cfg, Layout::new("/nonexistent".into())).key(&reqs, &site, Path::new("/r"))
+        };
+        let plain = key(BuildConfig::default());
+        let wheels = key(BuildConfig {
+            find_links: vec!["/srv/wheels".into()],
+            ..BuildConfig::default()
+        });
+        let offline = key(BuildConfig {
+            find_links: vec!["/srv/wheels".into()],
+            no_index: true,
+            ..BuildConfig::default()
+        });
+        assert_ne!(plain, wheels);
+        assert_ne!(wheels, offline);
+        assert_ne!(plain, offline);
+        assert_eq!(plain, key(BuildConfig::default()), "a key is stable");
     }
 
     #[test]

@@ -4,10 +4,9 @@
 //! sees, and that nothing outside the attacker's own site changed.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{App, Node, git, run_with_timeout};
+use crate::support::{Answer, App, Node, git, run_with_timeout};
 
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
@@ -158,7 +157,7 @@ fn a_sites_app_cannot_reach_another_sites_files_the_node_secrets_or_its_daemons(
             "/?what={what}&arg={}",
             url_encode(&arg.display().to_string())
         );
-        let (code, body) = node.get("spy.localhost", &path);
+        let Answer { code, body, .. } = node.get("spy.localhost", &path);
         assert_eq!(code, 200, "{body}");
         body
     };
@@ -275,14 +274,11 @@ fn each_site_runs_as_its_own_account_and_never_in_another_sites_daemon() {
     for v in 2..7 {
         node.deploy("hostile", &hostile(v)).success();
         node.deploy("honest", &honest(v)).success();
-        let url = format!("http://honest.localhost:{}/", node.apache_port);
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--max-time", "20", "-H", "Cookie: session=b-secret"])
-            .arg("--resolve")
-            .arg(format!("honest.localhost:{}:127.0.0.1", node.apache_port))
-            .arg(&url);
-        let out = run_with_timeout(cmd, Duration::from_secs(30));
-        let body = String::from_utf8_lossy(&out.stdout).to_string();
+        let body = node
+            .site("honest.localhost", "/")
+            .header("Cookie", "session=b-secret")
+            .send()
+            .body;
         assert!(
             body.starts_with(&format!("honest v{v} cookie=session=b-secret")),
             "site B was answered by someone else: {body}"
@@ -325,7 +321,7 @@ fn a_link_counted_as_inside_but_leading_outside_fails_the_push() {
         .stderr_has("static/leak: symlink points outside the app")
         .stderr_lacks("TOPSECRET");
     assert_eq!(node.body("blog.localhost"), "live\n");
-    let (code, body) = node.get("blog.localhost", "/leak");
+    let Answer { code, body, .. } = node.get("blog.localhost", "/leak");
     assert!(!body.contains("TOPSECRET"), "{code} {body}");
 }
 
@@ -349,7 +345,7 @@ fn a_requirements_file_linked_outside_the_app_is_never_read() {
         .failure()
         .stderr_has("requirements.txt: symlink points outside the app")
         .stderr_lacks("TOPSECRET");
-    let (code, _) = node.get("blog.localhost", "/");
+    let code = node.get("blog.localhost", "/").code;
     assert_eq!(code, 404, "a failed first deploy serves nothing");
 }
 
@@ -417,7 +413,7 @@ fn tiny_wheel(dir: &Path, version: &str, value: &str) {
          z.writestr('tinypkg-{version}.dist-info/RECORD', 'tinypkg/__init__.py,,\\ntinypkg-{version}.dist-info/METADATA,,\\ntinypkg-{version}.dist-info/WHEEL,,\\ntinypkg-{version}.dist-info/RECORD,,\\n')\n",
         dir = dir.display().to_string()
     );
-    let mut cmd = Command::new("/usr/bin/python3");
+    let mut cmd = crate::support::client_command("/usr/bin/python3");
     cmd.arg("-c").arg(script);
     let out = run_with_timeout(cmd, Duration::from_secs(30));
     assert!(out.status.success(), "{out:?}");
@@ -502,25 +498,13 @@ fn check_hosts_need_the_nodes_secret_and_apps_never_see_it() {
     // reachable by its check host: no release is exposed before it is live.
     for slot in ["s000", "s001", "s002", "s003"] {
         let host = format!("{slot}.check.toppcloud.invalid");
-        let (code, body) = node.get(&host, "/");
+        let Answer { code, body, .. } = node.get(&host, "/");
         assert_eq!(code, 404, "{host} answered {code}: {body}");
-        let url = format!("http://{host}:{}/", node.apache_port);
-        let mut cmd = Command::new("curl");
-        cmd.args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "20",
-        ])
-        .args(["-H", "X-Toppcloud-Check: guess"])
-        .arg("--resolve")
-        .arg(format!("{host}:{}:127.0.0.1", node.apache_port))
-        .arg(&url);
-        let out = run_with_timeout(cmd, Duration::from_secs(30));
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "404");
+        let guessed = node
+            .site(&host, "/")
+            .header("X-Toppcloud-Check", "guess")
+            .send();
+        assert_eq!(guessed.code, 404);
     }
 }
 

@@ -6,7 +6,10 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{App, Node, Serve, curl, free_loopback_port, toppcloud, toppcloud_cmd};
+use crate::support::{
+    App, Gate, Node, Serve, children, curl, free_loopback_port, require_wheelhouse, toppcloud,
+    toppcloud_cmd, wait_for,
+};
 
 fn init(args: &[&str], dir: &Path) -> crate::support::Run {
     let mut all: Vec<&OsStr> = vec![OsStr::new("init")];
@@ -196,7 +199,7 @@ fn serve_puts_static_files_before_the_app() {
         if *code == 301 {
             let query = path.split_once('?').map(|(_, q)| format!("?{q}"));
             assert_eq!(
-                got.location,
+                got.location(),
                 format!("{}{}", serve.url("/docs/"), query.unwrap_or_default()),
                 "GET {path}"
             );
@@ -232,11 +235,11 @@ fn serve_and_the_node_agree_on_static_files() {
         };
         if local.code == 301 {
             assert_eq!(
-                path_of(&local.location),
-                path_of(&on_node.location),
+                path_of(local.location()),
+                path_of(on_node.location()),
                 "GET {path}"
             );
-            assert!(path_of(&local.location).is_some(), "GET {path}: {local:?}");
+            assert!(path_of(local.location()).is_some(), "GET {path}: {local:?}");
         } else {
             assert_eq!(local.body, on_node.body, "GET {path}");
         }
@@ -282,6 +285,7 @@ fn serve_restarts_the_app_when_a_file_changes() {
 
 #[test]
 fn init_config_then_serve_goes_through_paste_deploy() {
+    require_wheelhouse();
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("pasted");
     init(&["--config"], &dir).success();
@@ -355,7 +359,7 @@ fn sigterm_stops_serve_and_its_app() {
     let status = serve.wait_exit(Duration::from_secs(20));
     assert!(status.success(), "{status}\n{}", serve.log());
     // Nothing holds the port any more: the Python server is gone too.
-    crate::support::wait_for("the port to be free", Duration::from_secs(10), || {
+    wait_for("the port to be free", Duration::from_secs(10), || {
         std::net::TcpListener::bind(("127.0.0.1", serve.port)).ok()
     });
 }
@@ -376,10 +380,23 @@ fn an_app_that_exits_comes_back_on_the_next_change() {
     let app = App::plain("quitter", 1, "first");
     let serve = Serve::start(&app.path);
     serve.wait_for_body("/", "first");
-    app.file("main.py", "import os\nos._exit(3)\n");
-    crate::support::wait_for(
-        "serve to notice the app exited",
-        Duration::from_secs(30),
+    // The new app marks that it ran (outside its own directory, where a
+    // new file would be a change), then exits.
+    let gate = Gate::new();
+    app.file(
+        "main.py",
+        &format!(
+            "open({:?}, 'a').close()\nimport os\nos._exit(3)\n",
+            gate.reached_file().display().to_string()
+        ),
+    );
+    gate.wait_reached(Duration::from_secs(30));
+    wait_for("serve to reap the app", Duration::from_secs(30), || {
+        children(serve.pid()).is_empty().then_some(())
+    });
+    wait_for(
+        "serve to say the app stopped",
+        Duration::from_secs(10),
         || {
             serve
                 .log()

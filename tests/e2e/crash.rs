@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{App, Node, slow_main_py, wait_for};
+use crate::support::{App, Gate, Node};
 
 #[test]
 fn kill_9_during_a_deploy_leaves_the_live_release() {
@@ -11,15 +11,13 @@ fn kill_9_during_a_deploy_leaves_the_live_release() {
     let app = App::plain("blog", 1, "stable\n");
     node.deploy("blog", &app).success();
 
-    // A release that takes long to start: the node is killed while it waits.
-    app.file("main.py", &slow_main_py(60, "never\n"));
+    // A release whose import waits at a gate the test never opens: the
+    // node is killed while it checks the release.
+    let gate = Gate::new();
+    app.file("main.py", &gate.main_py("never\n"));
     std::thread::scope(|s| {
         let deploy = s.spawn(|| node.deploy("blog", &app));
-        wait_for(
-            "the release to be starting",
-            Duration::from_secs(60),
-            || (node.log().matches("starting the release").count() == 2).then_some(()),
-        );
+        gate.wait_reached(Duration::from_secs(60));
         assert!(node.data.join("sites/blog.localhost/releases/2").exists());
         unsafe { libc::kill(node.pid() as i32, libc::SIGKILL) };
         let r = deploy.join().expect("deploy thread");
@@ -51,7 +49,7 @@ fn a_second_node_on_the_same_data_dir_is_refused() {
     let node = Node::start();
     let out = crate::support::run_with_timeout(
         {
-            let mut c = std::process::Command::new(crate::support::BIN);
+            let mut c = node.command();
             c.args(["node", "run", "--config"]).arg(&node.config);
             c
         },

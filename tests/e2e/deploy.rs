@@ -1,6 +1,8 @@
 //! Deploys that succeed: what `host`, `N.host` and `prev.host` serve.
 
-use crate::support::{App, Node, slow_main_py};
+use std::time::Duration;
+
+use crate::support::{Answer, App, Background, Gate, Node};
 
 #[test]
 fn first_deploy_serves_host_and_version_host() {
@@ -12,7 +14,7 @@ fn first_deploy_serves_host_and_version_host() {
         .stdout_has("(release 1, version 1)");
     assert_eq!(node.body("blog.localhost"), "blog v1\n");
     assert_eq!(node.body("1.blog.localhost"), "blog v1\n");
-    let (code, _) = node.get("prev.blog.localhost", "/");
+    let code = node.get("prev.blog.localhost", "/").code;
     assert_eq!(code, 404, "nothing was live before the first deploy");
 }
 
@@ -49,7 +51,7 @@ fn unknown_hosts_get_the_nodes_404_page() {
     node.deploy("blog", &App::plain("blog", 1, "blog\n"))
         .success();
     for host in ["other.localhost", "3.blog.localhost", "localhost"] {
-        let (code, body) = node.get(host, "/");
+        let Answer { code, body, .. } = node.get(host, "/");
         assert_eq!(code, 404, "{host}");
         assert!(
             body.contains("No site is served at this address"),
@@ -86,24 +88,25 @@ fn two_sites_deploy_side_by_side() {
 fn two_deploys_to_one_site_take_turns() {
     let node = Node::start();
     let first = App::plain("blog", 1, "one\n");
-    // The first deploy's app is slow to import, so the second one arrives
-    // while it is still running.
-    first.file("main.py", &slow_main_py(2, "one\n"));
+    // The first deploy's app waits at a gate while it is imported, so the
+    // second deploy arrives while the first is still running; the gate
+    // opens once the second says it waits its turn.
+    let gate = Gate::new();
+    first.file("main.py", &gate.main_py("one\n"));
     let second = App::plain("blog", 1, "two\n");
+    let waiting = "waiting: another deploy to blog.localhost is in progress";
     std::thread::scope(|s| {
         let r1 = s.spawn(|| node.deploy("blog", &first));
-        crate::support::wait_for(
-            "the first deploy to start",
-            std::time::Duration::from_secs(60),
-            || {
-                node.log()
-                    .contains("deploying blog.localhost, release 1")
-                    .then_some(())
-            },
+        gate.wait_reached(Duration::from_secs(60));
+        let mut r2 = Background::start(
+            "the second deploy",
+            node.deploy_command("blog", &second.path),
         );
-        let r2 = node.deploy("blog", &second);
-        r2.success()
-            .stdout_has("waiting: another deploy to blog.localhost is in progress");
+        r2.wait_printed(waiting, Duration::from_secs(60));
+        gate.open();
+        r2.finish(Duration::from_secs(240))
+            .success()
+            .stdout_has(waiting);
         r1.join().expect("first").success();
     });
     assert_eq!(node.body("blog.localhost"), "two\n");

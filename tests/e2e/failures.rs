@@ -134,7 +134,7 @@ fn deploy_without_a_node_says_so() {
     let app = App::plain("blog", 1, "x\n");
     let out = crate::support::run_with_timeout(
         {
-            let mut c = std::process::Command::new(crate::support::BIN);
+            let mut c = crate::support::toppcloud_cmd();
             c.args(["node", "deploy", "blog"])
                 .arg(&app.path)
                 .arg("--data-dir")

@@ -2,19 +2,15 @@
 //! an unprivileged user, and a clean stop that takes its Apache with it.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{App, Node, run_with_timeout, wait_for};
+use crate::support::{App, Node, wait_for};
 
 #[test]
 fn healthz_answers_once_ready() {
     let node = Node::start();
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "-w", "%{http_code}"])
-        .arg(format!("http://{}/healthz", node.http));
-    let out = run_with_timeout(cmd, Duration::from_secs(20));
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "ok\n200");
+    let health = node.http_request("GET", "/healthz", &[], None);
+    assert_eq!(health.code_body(), (200, "ok\n"));
 }
 
 #[test]
@@ -68,4 +64,33 @@ fn missing_apache_names_the_packages_to_install() {
         err.contains("apt-get install apache2 libapache2-mod-wsgi-py3"),
         "{err}"
     );
+}
+
+#[test]
+fn the_node_sees_only_the_tests_environment_and_no_index() {
+    let node = Node::start();
+    let environ = std::fs::read(format!("/proc/{}/environ", node.pid())).expect("environ");
+    let mut names: Vec<String> = environ
+        .split(|&b| b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .collect();
+    let home = names
+        .iter()
+        .find_map(|v| v.strip_prefix("HOME="))
+        .expect("HOME")
+        .to_string();
+    assert!(
+        Path::new(&home).starts_with(node.dir.path()),
+        "the node's HOME is {home}, not the test's own"
+    );
+    names.iter_mut().for_each(|v| {
+        v.truncate(v.find('=').unwrap_or(v.len()));
+    });
+    names.sort();
+    assert_eq!(names, ["HOME", "LANG", "PATH", "TOPPCLOUD_LOG"]);
+    // Packages never come from an index in these tests.
+    let config: toml::Table =
+        toml::from_str(&std::fs::read_to_string(&node.config).expect("config")).expect("toml");
+    assert_eq!(config["build"]["no_index"].as_bool(), Some(true));
 }

@@ -3,11 +3,11 @@
 //! on the node says afterwards.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use crate::support::{
-    App, Node, Run, git, git_cmd, run_with_timeout, slow_main_py, ssh_command, wait_for,
+    App, Background, Gate, Node, Run, client_command, git, git_cmd, run_with_timeout, slow_main_py,
+    ssh_command, wait_for,
 };
 
 /// The sha a branch has on the node, as `git ls-remote` reports it.
@@ -41,7 +41,7 @@ fn pushed_blog(node: &Node, key: &Path, body: &str) -> App {
 }
 
 fn ssh(node: &Node, key: &Path, extra: &[&str], command: Option<&str>) -> Run {
-    let mut cmd = Command::new("sh");
+    let mut cmd = client_command("sh");
     let mut line = format!(
         "{} -p {} {} x@127.0.0.1",
         ssh_command(key),
@@ -285,7 +285,7 @@ fn a_shallow_push_is_refused_before_any_build() {
     .stderr_has("shallow clone")
     .stderr_has("git fetch --unshallow")
     .stderr_lacks("staged");
-    assert_eq!(node.get("blog.localhost", "/").0, 404);
+    assert_eq!(node.get("blog.localhost", "/").code, 404);
 }
 
 #[test]
@@ -404,13 +404,16 @@ fn two_pushes_to_one_site_take_turns_and_agree_with_the_branch() {
     base.git_init(&key);
     git(&base.path, &key, &["push", &node.ssh_url("blog"), "main"]).success();
 
-    // Two clones push different commits at once; the first is slow to start.
+    // Two clones push different commits at once; the first one's app waits
+    // at a gate while it is imported, until the second says it waits its
+    // turn.
     let tmp = tempfile::tempdir().expect("tempdir");
     let url = node.ssh_url("blog");
     git(tmp.path(), &key, &["clone", "-q", &url, "a"]).success();
     git(tmp.path(), &key, &["clone", "-q", &url, "b"]).success();
     let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
-    std::fs::write(a.join("main.py"), slow_main_py(2, "from a\n")).expect("write");
+    let gate = Gate::new();
+    std::fs::write(a.join("main.py"), gate.main_py("from a\n")).expect("write");
     std::fs::write(
         b.join("main.py"),
         "def application(environ, start_response):\n    \
@@ -423,16 +426,19 @@ fn two_pushes_to_one_site_take_turns_and_agree_with_the_branch() {
         .stdout
         .trim()
         .to_string();
+    let waiting = "waiting: another deploy to blog.localhost is in progress";
     std::thread::scope(|s| {
         let pa = s.spawn(|| git(&a, &key, &["push", "origin", "main"]));
-        wait_for(
-            "the first push to start its release",
-            Duration::from_secs(60),
-            || (node.log().matches("starting the release").count() >= 2).then_some(()),
+        gate.wait_reached(Duration::from_secs(60));
+        let mut pb = Background::start(
+            "git push -f (b)",
+            git_cmd(&b, &key, &["push", "-f", "origin", "main"]),
         );
-        let rb = git(&b, &key, &["push", "-f", "origin", "main"]);
-        rb.success()
-            .stderr_has("waiting: another deploy to blog.localhost is in progress");
+        pb.wait_printed(waiting, Duration::from_secs(60));
+        gate.open();
+        pb.finish(Duration::from_secs(240))
+            .success()
+            .stderr_has(waiting);
         pa.join().expect("push a").success();
     });
     assert_eq!(node.body("blog.localhost"), "from b\n");
@@ -448,30 +454,27 @@ fn a_pusher_that_disconnects_mid_build_still_gets_a_consistent_site() {
     app.git_init(&key);
     git(&app.path, &key, &["push", &node.ssh_url("blog"), "main"]).success();
 
-    app.file("main.py", &slow_main_py(3, "after\n"))
-        .commit(&key, "slow");
+    // The new release's import waits at a gate: the pusher is gone before
+    // the release can go live.
+    let gate = Gate::new();
+    app.file("main.py", &gate.main_py("after\n"))
+        .commit(&key, "held at a gate");
     let new = app.head(&key);
-    let mut cmd = git_cmd(&app.path, &key, &["push", &node.ssh_url("blog"), "main"]);
-    use std::os::unix::process::CommandExt;
-    cmd.process_group(0)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut push = cmd.spawn().expect("push");
-    wait_for(
-        "the release to be starting",
-        Duration::from_secs(60),
-        || (node.log().matches("starting the release").count() >= 2).then_some(()),
+    let mut push = Background::start(
+        "git push",
+        git_cmd(&app.path, &key, &["push", &node.ssh_url("blog"), "main"]),
     );
+    gate.wait_reached(Duration::from_secs(60));
     // git and its ssh vanish mid-build.
-    unsafe { libc::kill(-(push.id() as i32), libc::SIGKILL) };
-    let _ = push.wait();
+    push.kill();
+    gate.open();
 
     // The node finishes what it received: the deploy goes live and the
     // branch moves with it.
     wait_for(
         "the new release to go live",
         Duration::from_secs(60),
-        || (node.get("blog.localhost", "/") == (200, "after\n".into())).then_some(()),
+        || (node.get("blog.localhost", "/").code_body() == (200, "after\n")).then_some(()),
     );
     wait_for("the branch to agree", Duration::from_secs(30), || {
         (remote_sha(&node, &key, "blog", "main").as_deref() == Some(new.as_str())).then_some(())
@@ -538,7 +541,7 @@ fn a_site_can_deploy_from_a_configured_branch() {
     git(&app.path, &key, &["push", &node.ssh_url("blog"), "main"])
         .success()
         .stderr_has("branch main stored, not deployed (this site deploys production)");
-    assert_eq!(node.get("blog.localhost", "/").0, 404);
+    assert_eq!(node.get("blog.localhost", "/").code, 404);
     git(
         &app.path,
         &key,

@@ -1,9 +1,10 @@
 //! Each kind of app.ini runner, and static files served before the app.
 
-use crate::support::{App, Node};
+use crate::support::{App, Node, require_wheelhouse};
 
 #[test]
 fn flask_app_from_requirements_txt() {
+    require_wheelhouse();
     let node = Node::start();
     let app = App::new();
     app.file("app.ini", "[production]\napp_name = flasky\nversion = 1\n")
@@ -19,8 +20,8 @@ fn flask_app_from_requirements_txt() {
         .stdout_has("installing requirements.txt");
     assert_eq!(node.body("flasky.localhost"), "flask v1\n");
     assert_eq!(
-        node.get("flasky.localhost", "/hello/ann"),
-        (200, "hello ann\n".into())
+        node.get("flasky.localhost", "/hello/ann").code_body(),
+        (200, "hello ann\n")
     );
 
     // Same requirements: nothing is installed again.
@@ -38,6 +39,7 @@ fn flask_app_from_requirements_txt() {
 
 #[test]
 fn paste_deploy_config_ini_app() {
+    require_wheelhouse();
     let node = Node::start();
     let app = App::new();
     app.file(
@@ -74,10 +76,10 @@ fn static_only_app() {
     node.deploy("brochure", &app).success();
     assert_eq!(node.body("brochure.localhost"), "<h1>brochure</h1>\n");
     assert_eq!(
-        node.get("brochure.localhost", "/css/site.css"),
-        (200, "body { color: red }\n".into())
+        node.get("brochure.localhost", "/css/site.css").code_body(),
+        (200, "body { color: red }\n")
     );
-    assert_eq!(node.get("brochure.localhost", "/missing").0, 404);
+    assert_eq!(node.get("brochure.localhost", "/missing").code, 404);
 }
 
 #[test]
@@ -88,21 +90,21 @@ fn static_files_win_over_the_app() {
         .file("static/docs/index.html", "docs index\n");
     node.deploy("shadow", &app).success();
     assert_eq!(
-        node.get("shadow.localhost", "/robots.txt"),
-        (200, "User-agent: *\n".into())
+        node.get("shadow.localhost", "/robots.txt").code_body(),
+        (200, "User-agent: *\n")
     );
     assert_eq!(
-        node.get("shadow.localhost", "/docs/"),
-        (200, "docs index\n".into())
+        node.get("shadow.localhost", "/docs/").code_body(),
+        (200, "docs index\n")
     );
     assert_eq!(
-        node.get("shadow.localhost", "/docs").0,
+        node.get("shadow.localhost", "/docs").code,
         301,
         "a directory gets its slash"
     );
     assert_eq!(
-        node.get("shadow.localhost", "/anything"),
-        (200, "from the app\n".into())
+        node.get("shadow.localhost", "/anything").code_body(),
+        (200, "from the app\n")
     );
 }
 
@@ -142,6 +144,7 @@ fn update_fetch_paths_are_requested_before_the_switch() {
 
 #[test]
 fn pyproject_dependencies_are_installed() {
+    require_wheelhouse();
     let node = Node::start();
     let app = App::new();
     app.file("app.ini", "[production]\napp_name = proj\n")

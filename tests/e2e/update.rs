@@ -2,10 +2,11 @@
 //! both sides, the real rsync and ssh clients.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{App, BIN, Node, Run, git, run_with_timeout, ssh_command};
+use crate::support::{
+    App, BIN, Node, Run, clean_command, client_command, git, run_with_timeout, ssh_command,
+};
 
 /// A laptop: a HOME with a client config naming the node as default.
 struct Laptop {
@@ -35,12 +36,10 @@ impl Laptop {
     }
 
     fn toppcloud(&self, args: &[&str], cwd: &Path) -> Run {
-        let mut cmd = Command::new(BIN);
-        cmd.args(args)
-            .current_dir(cwd)
-            .env("HOME", self.home.path())
-            .env_remove("XDG_CONFIG_HOME")
-            .env_remove("TOPPCLOUD_NODE");
+        // A cleared environment: no XDG_CONFIG_HOME or TOPPCLOUD_NODE of
+        // the caller's, and this laptop's HOME.
+        let mut cmd = clean_command(BIN, self.home.path());
+        cmd.args(args).current_dir(cwd);
         Run::from(
             format!("toppcloud {}", args.join(" ")),
             run_with_timeout(cmd, Duration::from_secs(240)),
@@ -58,7 +57,7 @@ impl Laptop {
 
 /// Plain rsync against the node, as someone might try by hand.
 fn rsync(node: &Node, key: &Path, args: &[&str]) -> Run {
-    let mut cmd = Command::new("rsync");
+    let mut cmd = client_command("rsync");
     cmd.args(args)
         .arg("-e")
         .arg(format!("{} -p {}", ssh_command(key), node.ssh_port));
@@ -98,8 +97,8 @@ fn update_deploys_a_new_site_and_prints_the_hosts_line() {
         .stdout_has("127.0.0.1 blog.localhost 2.blog.localhost prev.blog.localhost");
     assert_eq!(node.body("blog.localhost"), "uploaded\n");
     assert_eq!(
-        node.get("blog.localhost", "/logo.txt"),
-        (200, "logo\n".into())
+        node.get("blog.localhost", "/logo.txt").code_body(),
+        (200, "logo\n")
     );
     assert_eq!(uploads_left(&node), 0, "the upload area is cleaned up");
 }
@@ -131,7 +130,11 @@ fn a_second_update_sends_only_what_changed() {
     assert_eq!(node.body("blog.localhost"), "second\n");
     assert_eq!(node.body("prev.blog.localhost"), "first\n");
     for host in ["blog.localhost", "prev.blog.localhost"] {
-        assert_eq!(node.get(host, "/file0.txt"), (200, "0\n".into()), "{host}");
+        assert_eq!(
+            node.get(host, "/file0.txt").code_body(),
+            (200, "0\n"),
+            "{host}"
+        );
     }
     let first = node
         .data

@@ -2,7 +2,6 @@
 //! local upstream repository served over `file://`, deliveries signed here
 //! with the site's secret exactly as each forge signs them, sent with curl.
 
-use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64ct::{Base64, Encoding};
@@ -10,7 +9,7 @@ use hmac::{Hmac, KeyInit, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
 
-use crate::support::{Answer, Node, Upstream, run_with_timeout, wait_for};
+use crate::support::{Answer, Gate, Node, Upstream, git_command, run_with_timeout, wait_for};
 
 const SECRET: &str = "It's a Secret to Everybody";
 const TOKEN: &str = "test-admin-token";
@@ -213,10 +212,18 @@ fn live(node: &Node, id: &str) -> Value {
 
 /// What the node's own repository says a ref is.
 fn node_ref(node: &Node, site: &str, name: &str) -> String {
-    let mut cmd = Command::new("git");
-    cmd.arg("--git-dir")
-        .arg(node.data.join("repos").join(format!("{site}.git")))
-        .args(["rev-parse", "--verify", "-q", name]);
+    let repo = node.data.join("repos").join(format!("{site}.git"));
+    let cmd = git_command(
+        node.dir.path(),
+        &[
+            "--git-dir",
+            &repo.display().to_string(),
+            "rev-parse",
+            "--verify",
+            "-q",
+            name,
+        ],
+    );
     let out = run_with_timeout(cmd, Duration::from_secs(20));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
@@ -601,15 +608,11 @@ fn a_replayed_delivery_does_not_deploy_twice() {
 #[test]
 fn a_burst_while_deploying_leaves_one_pending_deploy_of_the_newest_head() {
     let up = Upstream::new();
-    // The first release is slow to import, so the burst arrives while its
-    // deploy holds the site's turn.
+    // The first release's import waits at a gate, so the burst arrives
+    // while its deploy holds the site's turn; the gate opens after it.
+    let gate = Gate::new();
     up.commit_plain("blog", 1, "slow\n");
-    up.file(
-        "main.py",
-        "import time\ntime.sleep(3)\n\
-         def application(environ, start_response):\n    \
-         start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [b'slow\\n']\n",
-    );
+    up.file("main.py", &gate.main_py("slow\n"));
     let slow = up.commit("slow import");
     let node = node_for(&up, "");
     let first = accepted(
@@ -670,6 +673,7 @@ fn a_burst_while_deploying_leaves_one_pending_deploy_of_the_newest_head() {
         "queued"
     );
 
+    gate.open();
     assert_eq!(live(&node, &first)["sha"], slow.as_str());
     let p = live(&node, &pending);
     assert_eq!(
@@ -763,7 +767,7 @@ fn the_api_wants_the_admin_token() {
         &node,
     );
     wait_for("the webhook deploy", Duration::from_secs(120), || {
-        (node.get("blog.localhost", "/") == (200, "no token\n".to_string())).then_some(())
+        (node.get("blog.localhost", "/").code_body() == (200, "no token\n")).then_some(())
     });
 }
 
