@@ -2,10 +2,11 @@
 //! and `GET /deploys/{id}` shows its state, who asked and its whole log.
 //! A stopping node finishes or abandons what it was doing, and says which.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::support::{App, Node, git, run_with_timeout, slow_main_py, wait_for};
+use crate::support::{
+    App, BIN, Gate, Node, clean_command, client_command, git, run_with_timeout, wait_for,
+};
 
 const TOKEN: &str = "records-token";
 
@@ -33,7 +34,7 @@ fn deploy_id(text: &str) -> String {
 
 /// `GET /deploys/{id}` with the admin token, as JSON.
 fn record(node: &Node, id: &str) -> serde_json::Value {
-    let mut cmd = Command::new("curl");
+    let mut cmd = client_command("curl");
     cmd.args(["-sS", "--max-time", "20", "-H"])
         .arg(format!("Authorization: Bearer {TOKEN}"))
         .arg(format!("http://{}/deploys/{id}", node.http));
@@ -44,23 +45,6 @@ fn record(node: &Node, id: &str) -> serde_json::Value {
             String::from_utf8_lossy(&out.stdout)
         )
     })
-}
-
-/// Waits until the API shows a deploy of `site` running.
-fn wait_running(node: &Node, site: &str) {
-    wait_for("a deploy to be running", Duration::from_secs(60), || {
-        let mut cmd = Command::new("curl");
-        cmd.args(["-sS", "--max-time", "5", "-H"])
-            .arg(format!("Authorization: Bearer {TOKEN}"))
-            .arg(format!("http://{}/sites/{site}", node.http));
-        let out = run_with_timeout(cmd, Duration::from_secs(10));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-        v["deploys"]
-            .as_array()?
-            .iter()
-            .any(|d| d["status"] == "running")
-            .then_some(())
-    });
 }
 
 fn assert_recorded(node: &Node, id: &str, status: &str, by: &str, log_has: &str) {
@@ -101,7 +85,7 @@ fn node_deploy_is_recorded_with_its_log() {
         "{r:#}"
     );
     // And the site lists both, newest first.
-    let mut cmd = Command::new("curl");
+    let mut cmd = client_command("curl");
     cmd.args(["-sS", "--max-time", "20", "-H"])
         .arg(format!("Authorization: Bearer {TOKEN}"))
         .arg(format!("http://{}/sites/blog.localhost", node.http));
@@ -152,13 +136,10 @@ fn an_upload_is_recorded_with_its_log() {
     )
     .expect("client config");
     let app = App::plain("blog", 1, "uploaded\n");
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_toppcloud"));
+    let mut cmd = clean_command(BIN, home.path());
     cmd.args(["update"])
         .arg(&app.path)
-        .arg("--host=blog.localhost")
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("HOME", home.path());
+        .arg("--host=blog.localhost");
     let out = run_with_timeout(cmd, Duration::from_secs(120));
     let text = format!(
         "{}{}",
@@ -176,29 +157,45 @@ fn an_upload_is_recorded_with_its_log() {
     );
 }
 
+/// A deploy of version 2 of `blog` whose import waits at `gate`, run in
+/// the background; returns its output when it ends.
+fn gated_deploy(node: &Node, gate: &Gate) -> std::thread::JoinHandle<std::process::Output> {
+    let app = App::new();
+    app.file(
+        "app.ini",
+        "[production]\napp_name = blog\nversion = 2\nrunner = main.py\n",
+    )
+    .file("main.py", &gate.main_py("two\n"));
+    let mut cmd = node.command();
+    cmd.args(["node", "deploy", "blog"])
+        .arg(&app.path)
+        .arg("--config")
+        .arg(&node.config);
+    std::thread::spawn(move || {
+        let _app = app;
+        run_with_timeout(cmd, Duration::from_secs(120))
+    })
+}
+
 #[test]
 fn a_stopping_node_finishes_the_deploy_in_flight_and_says_so() {
     let mut node = node();
     node.deploy("blog", &App::plain("blog", 1, "one\n"))
         .success();
-    // A release whose import takes a few seconds: the node is told to stop
-    // while it loads.
-    let slow = App::new();
-    slow.file(
-        "app.ini",
-        "[production]\napp_name = blog\nversion = 2\nrunner = main.py\n",
-    )
-    .file("main.py", &slow_main_py(3, "two\n"));
-    let deployer = {
-        let mut cmd = node.command();
-        cmd.args(["node", "deploy", "blog"])
-            .arg(&slow.path)
-            .arg("--config")
-            .arg(&node.config);
-        std::thread::spawn(move || run_with_timeout(cmd, Duration::from_secs(120)))
-    };
-    wait_running(&node, "blog.localhost");
-    node.stop();
+    let gate = Gate::new();
+    let deployer = gated_deploy(&node, &gate);
+    gate.wait_reached(Duration::from_secs(60));
+    // Told to stop while the release loads: the node stops taking
+    // connections (its ready file goes), then waits for the deploy.
+    node.signal_stop();
+    let ready = node.data.join("node.ready");
+    wait_for(
+        "the node to begin stopping",
+        Duration::from_secs(30),
+        || (!ready.exists()).then_some(()),
+    );
+    gate.open();
+    node.wait_exit();
     let out = deployer.join().expect("deployer");
     assert!(
         out.status.success(),
@@ -219,21 +216,10 @@ fn a_stopping_node_abandons_what_outlasts_its_stop_timeout_and_says_so() {
     ));
     node.deploy("blog", &App::plain("blog", 1, "one\n"))
         .success();
-    let slow = App::new();
-    slow.file(
-        "app.ini",
-        "[production]\napp_name = blog\nversion = 2\nrunner = main.py\n",
-    )
-    .file("main.py", &slow_main_py(30, "two\n"));
-    let deployer = {
-        let mut cmd = node.command();
-        cmd.args(["node", "deploy", "blog"])
-            .arg(&slow.path)
-            .arg("--config")
-            .arg(&node.config);
-        std::thread::spawn(move || run_with_timeout(cmd, Duration::from_secs(120)))
-    };
-    wait_running(&node, "blog.localhost");
+    // The gate never opens: the deploy outlasts the stop timeout.
+    let gate = Gate::new();
+    let deployer = gated_deploy(&node, &gate);
+    gate.wait_reached(Duration::from_secs(60));
     let asked = Instant::now();
     node.stop();
     assert!(

@@ -244,7 +244,7 @@ fn rsync_extra_destination_cannot_write_outside_the_upload_area() {
     .expect("write wrapper");
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    let mut cmd = Command::new("rsync");
+    let mut cmd = client_command("rsync");
     cmd.args(["-rlt", "-e"])
         .arg(&wrapper)
         .arg(format!("{}/", app.path.display()))

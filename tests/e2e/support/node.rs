@@ -306,10 +306,22 @@ impl Node {
             .ok()
     }
 
+    /// Asks the node to stop (SIGTERM), without waiting.
+    pub fn signal_stop(&self) {
+        if let Some(c) = &self.child {
+            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        }
+    }
+
     /// Stops the node as a user would (SIGTERM) and waits for it to exit.
     pub fn stop(&mut self) {
+        self.signal_stop();
+        self.wait_exit();
+    }
+
+    /// Waits (30 s at most, then kills it) for the node to exit.
+    pub fn wait_exit(&mut self) {
         if let Some(mut c) = self.child.take() {
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = c.try_wait() {
