@@ -115,9 +115,8 @@ pub async fn ensure(name: &str) -> Result<Account> {
             "--comment",
             "toppcloud site",
         ])
-        .arg(name)
-        .env_clear()
-        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
+        .arg(name);
+        crate::process::clean_env(&mut cmd);
         match crate::process::run_captured(cmd, "useradd").await {
             Ok(_) => {}
             Err(e) => last = e.to_string(),

@@ -40,6 +40,19 @@ pub enum ProcessError {
     },
 }
 
+/// The PATH every child of the node gets.
+pub const CHILD_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
+
+/// Gives `cmd` the node's clean environment: nothing inherited but what is
+/// added here (PATH, LANG) and what the caller adds after, by name. Every
+/// child the node runs starts from this, so no variable of the node's own
+/// environment reaches an app, a build or a git command by accident.
+pub fn clean_env(cmd: &mut Command) -> &mut Command {
+    cmd.env_clear()
+        .env("PATH", CHILD_PATH)
+        .env("LANG", "C.UTF-8")
+}
+
 /// Runs `cmd`, streaming stdout and stderr lines (prefixed by `prefix`) to
 /// `progress`. The child is killed if the future is dropped.
 pub async fn run_streamed(

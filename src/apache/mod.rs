@@ -288,9 +288,7 @@ impl Apache {
                 let mut c = Command::new(&self.cfg.apache2);
                 c.arg("-f").arg(self.private_conf()).args(args);
                 // Apps inherit Apache's environment: give them a clean one.
-                c.env_clear()
-                    .env("PATH", "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin")
-                    .env("LANG", "C.UTF-8");
+                crate::process::clean_env(&mut c);
                 (c, self.cfg.apache2.display().to_string())
             }
             ApacheMode::System => {

@@ -175,9 +175,7 @@ impl Builder {
     /// node's environment but the admin's index and proxy settings.
     fn uv(&self, home: Option<&Path>, cache: &Path) -> Command {
         let mut c = Command::new(&self.cfg.uv);
-        c.env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("LANG", "C.UTF-8")
+        crate::process::clean_env(&mut c)
             .env("UV_CACHE_DIR", cache)
             .env("UV_NO_CONFIG", "1")
             .env("UV_PYTHON_DOWNLOADS", "never")
@@ -285,11 +283,7 @@ impl Builder {
     pub async fn compile_app(&self, app_dir: &Path, progress: &Progress) {
         let mut c = Command::new(&self.cfg.python);
         // Sequential: worker processes cost more than they save here.
-        c.args(["-I", "-m", "compileall", "-q"])
-            .arg(app_dir)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .env("LANG", "C.UTF-8")
+        crate::process::clean_env(c.args(["-I", "-m", "compileall", "-q"]).arg(app_dir))
             .current_dir("/");
         if let Err(e) = run_captured(c, "python3 -m compileall").await {
             // A file that does not compile only matters if the app imports

@@ -394,6 +394,22 @@ impl Engine {
         self.cfg.site_branch(site.as_str())
     }
 
+    /// The branch a site deploys from: the configured one, else the branch
+    /// its repository's HEAD names (`main` for a repository the node makes,
+    /// `master` for one whose first push was only that).
+    pub fn deploy_branch(&self, site: &SiteName) -> String {
+        if let Some(b) = self.site_branch(site) {
+            return b.to_string();
+        }
+        let repo = self.layout.repo(site);
+        if repo.join("HEAD").exists()
+            && let Ok(b) = git::head_branch(&repo)
+        {
+            return b;
+        }
+        "main".to_string()
+    }
+
     /// Starts serving: the base interpreter, Apache, and the routes as
     /// recorded. Slots that hold neither a live nor a previous release lose
     /// their pointers before Apache (re)starts, so they come up empty.

@@ -76,6 +76,15 @@ impl SiteState {
         if let Some(prev) = &self.prev {
             r.insert(site.prev_host(), prev.slot.clone());
         }
+        for (v, p) in self.versions() {
+            r.insert(site.version_host(v), p.slot.clone());
+        }
+        r
+    }
+
+    /// What each `N.host` serves: of the live and previous releases, the
+    /// newest whose app.ini says version N.
+    pub fn versions(&self) -> BTreeMap<u32, &Placed> {
         let mut by_version: BTreeMap<u32, &Placed> = BTreeMap::new();
         for p in [&self.prev, &self.live].into_iter().flatten() {
             if let Some(v) = self.version_of(p.release) {
@@ -85,10 +94,7 @@ impl SiteState {
                 }
             }
         }
-        for (v, p) in by_version {
-            r.insert(site.version_host(v), p.slot.clone());
-        }
-        r
+        by_version
     }
 }
 

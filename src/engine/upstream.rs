@@ -60,19 +60,9 @@ impl Upstream {
             .and_then(|s| s.upstream.as_deref())
     }
 
-    /// The branch a site deploys: the configured one, else the branch its
-    /// repository's HEAD names (`main` for a repository the node creates).
+    /// The branch a site deploys (the engine's rule, shared with pushes).
     pub fn branch(&self, site: &SiteName) -> String {
-        if let Some(b) = self.cfg.site_branch(site.as_str()) {
-            return b.to_string();
-        }
-        let repo = self.layout.repo(site);
-        if repo.join("HEAD").exists()
-            && let Ok(b) = crate::engine::git::head_branch(&repo)
-        {
-            return b;
-        }
-        "main".to_string()
+        self.engine.deploy_branch(site)
     }
 
     /// Asks for a deploy of the site's upstream head; see `Registry::request`
@@ -230,7 +220,7 @@ impl Upstream {
         let live = st.live.as_ref()?;
         let record = st.record(live.release)?;
         (record.sha.as_deref() == Some(sha)).then(|| {
-            let url = format!("http://{site}{}/", self.engine.apache().port_suffix());
+            let url = self.engine.url(site.as_str());
             (live.release.get(), url)
         })
     }
@@ -261,10 +251,8 @@ async fn fetch(repo: &Path, layout: &Layout, url: &str, branch: &str) -> Result<
             "--",
             url,
         ])
-        .arg(format!("+refs/heads/{branch}:{UPSTREAM_REF}"))
-        .env_clear()
-        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-        .env("LANG", "C.UTF-8")
+        .arg(format!("+refs/heads/{branch}:{UPSTREAM_REF}"));
+    crate::process::clean_env(&mut cmd)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ALLOW_PROTOCOL", ALLOWED_PROTOCOLS);
     // The node user's HOME holds its ssh keys and git credentials.

@@ -197,6 +197,10 @@ pub enum ApiError {
     Conflict(String),
     #[error("{1}")]
     Status(StatusCode, String),
+    /// The node's own fault: the client learns that much, the node's log
+    /// gets the detail.
+    #[error("internal error on the node (the details are in its log)")]
+    Internal(anyhow::Error),
 }
 
 impl ApiError {
@@ -210,12 +214,16 @@ impl ApiError {
             ApiError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Status(s, _) => *s,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        if let ApiError::Internal(e) = &self {
+            tracing::error!("http: {e:#}");
+        }
         let status = self.status();
         let mut r = (status, Json(json!({ "error": self.to_string() }))).into_response();
         if matches!(self, ApiError::Unauthorized(_)) {
@@ -601,23 +609,13 @@ async fn show_site(
             p.release,
             Some(api.engine.url(&site.prev_host()))
         )));
-        // N.host serves the newest of live and previous whose app.ini says
-        // version N (as the route map does).
-        let mut versions: BTreeMap<u32, crate::names::ReleaseId> = BTreeMap::new();
-        for p in [&st.prev, &st.live].into_iter().flatten() {
-            if let Some(n) = st.version_of(p.release) {
-                let newer = versions.get(&n).is_none_or(|r| *r < p.release);
-                if newer {
-                    versions.insert(n, p.release);
-                }
-            }
-        }
-        let versions: BTreeMap<String, Value> = versions
+        let versions: BTreeMap<String, Value> = st
+            .versions()
             .into_iter()
-            .map(|(n, r)| {
+            .map(|(n, p)| {
                 (
                     n.to_string(),
-                    release_json(st, r, Some(api.engine.url(&site.version_host(n)))),
+                    release_json(st, p.release, Some(api.engine.url(&site.version_host(n)))),
                 )
             })
             .collect();
@@ -645,20 +643,30 @@ async fn show_site(
         })
         .collect();
     v["deploys"] = json!(deploys);
-    v["history"] = json!(history(&api.layout, &site));
+    v["history"] = json!(history(&api.layout, &site)?);
     Ok(Json(v))
 }
 
 /// The last lines of the site's deploy log: every deploy, however started.
-fn history(layout: &Layout, site: &SiteName) -> Vec<Value> {
-    let text = std::fs::read_to_string(layout.deploy_log(site)).unwrap_or_default();
+/// The site's last deploys from its durable record (`deploys.jsonl`).
+fn history(layout: &Layout, site: &SiteName) -> Result<Vec<Value>, ApiError> {
+    let path = layout.deploy_log(site);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => {
+            return Err(ApiError::Internal(
+                anyhow::Error::new(e).context(format!("cannot read {}", path.display())),
+            ));
+        }
+    };
     let lines: Vec<&str> = text.lines().collect();
-    lines
+    Ok(lines
         .iter()
         .rev()
         .take(RECENT)
         .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+        .collect())
 }
 
 async fn deploy_site(

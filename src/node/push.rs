@@ -105,25 +105,20 @@ pub async fn pre_receive(
         bail!("this push is not known to the node");
     };
     let repo = layout.repo(&site);
-    let branch = match engine.site_branch(&site) {
-        Some(b) => b.to_string(),
-        None => {
-            let head = crate::engine::git::head_branch(&repo)?;
-            // A repository's first push chooses between main and master.
-            let first = !crate::engine::git::has_branches(&repo)?;
-            let pushes_head = req
-                .updates
-                .iter()
-                .any(|u| u.name == format!("refs/heads/{head}"));
-            let master = req.updates.iter().any(|u| u.name == "refs/heads/master");
-            if first && !pushes_head && master {
-                crate::engine::git::set_head(&repo, "master")?;
-                "master".to_string()
-            } else {
-                head
-            }
+    let mut branch = engine.deploy_branch(&site);
+    // A repository's first push chooses between main and master, unless
+    // the config names the branch.
+    if engine.site_branch(&site).is_none() && !crate::engine::git::has_branches(&repo)? {
+        let pushes_head = req
+            .updates
+            .iter()
+            .any(|u| u.name == format!("refs/heads/{branch}"));
+        let master = req.updates.iter().any(|u| u.name == "refs/heads/master");
+        if !pushes_head && master {
+            crate::engine::git::set_head(&repo, "master")?;
+            branch = "master".to_string();
         }
-    };
+    }
     let deploy_ref = format!("refs/heads/{branch}");
     let mut deploy = None;
     for u in &req.updates {

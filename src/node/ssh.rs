@@ -523,11 +523,8 @@ struct GitJob {
 impl GitJob {
     fn git(&self, program: &str) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(program);
-        cmd.arg(&self.repo)
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        crate::process::clean_env(cmd.arg(&self.repo))
             .env("HOME", self.shared.layout.root())
-            .env("LANG", "C.UTF-8")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -615,11 +612,8 @@ impl GitJob {
         // The receiver runs as the site's account, into the site's area:
         // whatever it is told, it can write nowhere else.
         let mut cmd = tokio::process::Command::new("rsync");
-        cmd.args(upload.argv(&area.path))
+        crate::process::clean_env(cmd.args(upload.argv(&area.path)))
             .current_dir(&area.path)
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("LANG", "C.UTF-8")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
