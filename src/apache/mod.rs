@@ -34,17 +34,60 @@ const CHECK_SUFFIX: &str = ".check.toppcloud.invalid";
 
 /// The host name that reaches one slot directly: only from loopback, and
 /// only with the node's secret (see `CHECK_HEADER`).
-pub fn check_host(slot: &str) -> String {
+pub fn check_host(slot: Slot) -> String {
     format!("{slot}{CHECK_SUFFIX}")
 }
 
-pub fn slot_name(index: usize) -> String {
-    format!("s{index:03}")
+/// One mod_wsgi daemon group of the pool: `s007` in Apache's configuration
+/// (group `tc_s007`), in the route map and in a site's state. The pool is
+/// made of cells of `cell_size` consecutive slots that share one account.
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(try_from = "String", into = "String")]
+pub struct Slot(usize);
+
+impl Slot {
+    pub fn new(index: usize) -> Slot {
+        Slot(index)
+    }
+
+    pub fn index(self) -> usize {
+        self.0
+    }
+
+    /// The slots of cell `cell`, in a pool of cells of `size` slots.
+    pub fn of_cell(cell: usize, size: usize) -> Vec<Slot> {
+        (cell * size..(cell + 1) * size).map(Slot).collect()
+    }
+
+    /// The cell this slot belongs to.
+    pub fn cell(self, size: usize) -> usize {
+        self.0 / size
+    }
 }
 
-/// The pool index of a slot name (`s007` -> 7).
-pub fn slot_index(slot: &str) -> Option<usize> {
-    slot.strip_prefix('s')?.parse().ok()
+impl std::fmt::Display for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "s{:03}", self.0)
+    }
+}
+
+impl TryFrom<String> for Slot {
+    type Error = String;
+    fn try_from(s: String) -> Result<Slot, String> {
+        s.strip_prefix('s')
+            .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|d| d.parse().ok())
+            .map(Slot)
+            .ok_or_else(|| format!("{s:?} is not a slot (s000, s001, ...)"))
+    }
+}
+
+impl From<Slot> for String {
+    fn from(s: Slot) -> String {
+        s.to_string()
+    }
 }
 
 /// The header that marks the node's own check requests. Apache accepts a
@@ -61,7 +104,7 @@ pub struct Apache {
     /// The account of each pool cell (None: the node's own user).
     accounts: Mutex<Vec<Option<Account>>>,
     /// What the node knows of each slot's daemons, from the OS alone.
-    watch: Mutex<HashMap<String, SlotWatch>>,
+    watch: Mutex<HashMap<Slot, SlotWatch>>,
 }
 
 /// A mod_wsgi daemon as the kernel knows it: a pid and its start time, so a
@@ -101,17 +144,6 @@ impl Apache {
     /// Daemons per cell: a site's live, previous and spare slots.
     pub fn cell_size(&self) -> usize {
         self.cfg.cell_size
-    }
-
-    /// The slots of cell `cell`.
-    pub fn cell_slots(&self, cell: usize) -> Vec<String> {
-        let n = self.cfg.cell_size;
-        (cell * n..(cell + 1) * n).map(slot_name).collect()
-    }
-
-    /// The cell a slot belongs to.
-    pub fn cell_of(&self, slot: &str) -> Option<usize> {
-        slot_index(slot).map(|i| i / self.cfg.cell_size)
     }
 
     pub fn listen(&self) -> SocketAddr {
@@ -210,7 +242,7 @@ impl Apache {
                 .as_ref()
                 .map(|a| format!(" user={name} group={name}", name = a.name))
                 .unwrap_or_default();
-            for slot in self.cell_slots(cell) {
+            for slot in Slot::of_cell(cell, self.cfg.cell_size) {
                 // graceful-timeout lets in-flight requests of a retired slot
                 // finish; shutdown-timeout bounds the rest. `home` because
                 // mod_wsgi otherwise enters the user's home, which may not exist.
@@ -468,12 +500,12 @@ impl Apache {
         Ok(probe::get(self.probe_addr(), host, path, &extra, timeout).await?)
     }
 
-    fn watch<T>(&self, f: impl FnOnce(&mut HashMap<String, SlotWatch>) -> T) -> T {
+    fn watch<T>(&self, f: impl FnOnce(&mut HashMap<Slot, SlotWatch>) -> T) -> T {
         f(&mut self.watch.lock().unwrap_or_else(|e| e.into_inner()))
     }
 
-    pub fn set_pointer(&self, slot: &str, release_dir: &Path) -> Result<()> {
-        let ptr = self.layout.slot_pointer(slot);
+    pub fn set_pointer(&self, slot: Slot, release_dir: &Path) -> Result<()> {
+        let ptr = self.layout.slot_pointer(&slot.to_string());
         let dir = ptr.parent().context("slot pointer has no parent")?;
         crate::dirs::create_dir(dir, 0o711, None)?;
         let tmp = dir.join(".release.tmp");
@@ -481,14 +513,14 @@ impl Apache {
         std::os::unix::fs::symlink(release_dir, &tmp)
             .with_context(|| format!("cannot create {}", tmp.display()))?;
         // From here on, any daemon of the slot may become the release.
-        self.watch(|w| w.entry(slot.to_string()).or_default().pointer_set = true);
+        self.watch(|w| w.entry(slot).or_default().pointer_set = true);
         std::fs::rename(&tmp, &ptr).with_context(|| format!("cannot replace {}", ptr.display()))
     }
 
     /// Clears a slot's pointer; the daemons that may have loaded it become
     /// suspects, to be replaced before the slot is given anything else.
-    pub fn clear_pointer(&self, slot: &str) -> Result<()> {
-        let ptr = self.layout.slot_pointer(slot);
+    pub fn clear_pointer(&self, slot: Slot) -> Result<()> {
+        let ptr = self.layout.slot_pointer(&slot.to_string());
         match std::fs::remove_file(&ptr) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -496,7 +528,7 @@ impl Apache {
         }
         let alive = self.daemons_of(slot);
         self.watch(|w| {
-            let st = w.entry(slot.to_string()).or_default();
+            let st = w.entry(slot).or_default();
             if st.pointer_set {
                 st.suspects.extend(alive);
                 st.pointer_set = false;
@@ -509,30 +541,30 @@ impl Apache {
     /// At start, the node cannot know what the slots that hold neither a
     /// live nor a previous release loaded before (a deploy in flight when
     /// it stopped): their pointers go, and their daemons are suspects.
-    pub fn forget(&self, slot: &str) -> Result<()> {
-        self.watch(|w| w.entry(slot.to_string()).or_default().pointer_set = true);
+    pub fn forget(&self, slot: Slot) -> Result<()> {
+        self.watch(|w| w.entry(slot).or_default().pointer_set = true);
         self.clear_pointer(slot)
     }
 
     /// Retires whatever a slot holds: its pointer is cleared first, so the
     /// daemon Apache forks in its place can only come back empty. SIGUSR1
     /// lets in-flight requests finish (graceful-timeout) before it exits.
-    pub async fn retire(&self, slot: &str) -> Result<()> {
+    pub async fn retire(&self, slot: Slot) -> Result<()> {
         self.clear_pointer(slot)?;
-        self.watch(|w| w.entry(slot.to_string()).or_default().retired_at = Some(Instant::now()));
+        self.watch(|w| w.entry(slot).or_default().retired_at = Some(Instant::now()));
         self.signal_suspects(slot)
     }
 
     /// Signals the slot's suspect daemons: SIGUSR1 once, SIGKILL if one is
     /// still there after the longest legitimate request (an app can block
     /// or ignore the polite signal; it only delays its own site).
-    fn signal_suspects(&self, slot: &str) -> Result<()> {
+    fn signal_suspects(&self, slot: Slot) -> Result<()> {
         let parent = self
             .parent_pid()
             .context("Apache is not running: no pid file")?;
         let grace = self.request_timeout() + Duration::from_secs(5);
         let (suspects, signalled) = self.watch(|w| {
-            let st = w.entry(slot.to_string()).or_default();
+            let st = w.entry(slot).or_default();
             (st.suspects.clone(), st.signalled)
         });
         let uid = self.slot_uid(slot);
@@ -556,14 +588,14 @@ impl Apache {
             }
             if signal == libc::SIGKILL {
                 tracing::warn!(
-                    slot,
+                    slot = %slot,
                     pid = d.pid,
                     "a retired daemon outlived its grace; killed"
                 );
             }
         }
         self.watch(|w| {
-            let st = w.entry(slot.to_string()).or_default();
+            let st = w.entry(slot).or_default();
             if signal == libc::SIGUSR1 || st.signalled.is_none() {
                 st.signalled = Some(Instant::now());
             }
@@ -573,25 +605,25 @@ impl Apache {
 
     /// When the slot's daemon was last told to retire, if ever (None sorts
     /// first: a slot never retired is the readiest).
-    pub fn retired_at(&self, slot: &str) -> Option<Instant> {
-        self.watch(|w| w.get(slot).and_then(|s| s.retired_at))
+    pub fn retired_at(&self, slot: Slot) -> Option<Instant> {
+        self.watch(|w| w.get(&slot).and_then(|s| s.retired_at))
     }
 
     /// Waits until a slot has a daemon that cannot hold anything: none of
     /// the suspects, forked by Apache since. Only then may a release be
     /// pointed at it (a stray request to a daemon that still held a pointer
     /// would have served the wrong release).
-    pub async fn wait_empty(&self, slot: &str, limit: Duration) -> Result<()> {
+    pub async fn wait_empty(&self, slot: Slot, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
         loop {
             let alive = self.daemons_of(slot);
             let suspects = self.watch(|w| {
-                let st = w.entry(slot.to_string()).or_default();
+                let st = w.entry(slot).or_default();
                 st.suspects.retain(|d| alive.contains(d));
                 st.suspects.clone()
             });
             if suspects.is_empty() && !alive.is_empty() {
-                self.watch(|w| w.entry(slot.to_string()).or_default().signalled = None);
+                self.watch(|w| w.entry(slot).or_default().signalled = None);
                 return Ok(());
             }
             if !suspects.is_empty() {
@@ -609,15 +641,15 @@ impl Apache {
     }
 
     /// The uid a slot's daemons run as, when the node gave its cell one.
-    fn slot_uid(&self, slot: &str) -> Option<u32> {
-        let cell = self.cell_of(slot)?;
+    fn slot_uid(&self, slot: Slot) -> Option<u32> {
+        let cell = slot.cell(self.cfg.cell_size);
         let accounts = self.accounts.lock().unwrap_or_else(|e| e.into_inner());
         accounts.get(cell).cloned().flatten().map(|a| a.uid)
     }
 
     /// The slot's daemons, from /proc: children of our Apache parent named
     /// for the slot (and, on a root node, running as its cell's account).
-    pub fn daemons_of(&self, slot: &str) -> Vec<Daemon> {
+    pub fn daemons_of(&self, slot: Slot) -> Vec<Daemon> {
         let Some(parent) = self.parent_pid() else {
             return Vec::new();
         };
@@ -658,7 +690,7 @@ fn daemon_info(pid: u32) -> Option<(Daemon, u32, u32, Vec<u8>)> {
 /// a root node running as the slot's cell account. The name alone proves
 /// nothing (a process can rename itself); the parent and the account can
 /// only be what Apache gave it.
-fn is_daemon(d: Daemon, parent: u32, slot: &str, uid: Option<u32>) -> bool {
+fn is_daemon(d: Daemon, parent: u32, slot: Slot, uid: Option<u32>) -> bool {
     let Some((now, ppid, owner, cmdline)) = daemon_info(d.pid) else {
         return false;
     };

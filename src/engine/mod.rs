@@ -15,6 +15,7 @@
 
 pub mod build;
 pub mod git;
+pub mod pool;
 pub mod queue;
 pub mod release;
 pub mod state;
@@ -31,7 +32,7 @@ use tokio::sync::OwnedMutexGuard;
 use tracing::Instrument;
 
 use crate::accounts::{self, Account};
-use crate::apache::{self, Apache};
+use crate::apache::{self, Apache, Slot};
 use crate::app_ini::AppIni;
 use crate::app_ini::RunnerSpec;
 use crate::config::NodeConfig;
@@ -40,6 +41,7 @@ use crate::layout::Layout;
 use crate::names::{ReleaseId, SiteName};
 use crate::progress::Progress;
 use build::{BuildFor, Builder, venv_key_of};
+use pool::SlotPool;
 use queue::{Outcome, Registry};
 use release::ReleaseFile;
 use state::{Placed, ReleaseRecord, SiteState};
@@ -156,14 +158,8 @@ pub struct Engine {
 }
 
 struct NodeState {
-    /// The pool's size, in cells.
-    cells: usize,
-    /// Which site owns each cell: for the node's life, since a cell's
-    /// account has run that site's code.
-    owners: BTreeMap<usize, SiteName>,
+    pool: SlotPool,
     sites: BTreeMap<SiteName, SiteState>,
-    /// Slots taken by deploys in flight (loading or checking a release).
-    claimed: HashSet<String>,
 }
 
 /// `cells.toml`: cell number -> site.
@@ -181,21 +177,14 @@ pub struct UploadArea {
 
 impl NodeState {
     /// Slots holding a live or previous release, or claimed by a deploy.
-    fn used_slots(&self) -> HashSet<String> {
+    /// Slots holding a live or previous release.
+    fn live_slots(&self) -> HashSet<Slot> {
         self.sites
             .values()
             .flat_map(|s| [&s.live, &s.prev])
             .flatten()
-            .map(|p| p.slot.clone())
-            .chain(self.claimed.iter().cloned())
+            .map(|p| p.slot)
             .collect()
-    }
-
-    fn cell_of(&self, site: &SiteName) -> Option<usize> {
-        self.owners
-            .iter()
-            .find(|(_, s)| *s == site)
-            .map(|(c, _)| *c)
     }
 
     fn routes(&self) -> apache::routes::Routes {
@@ -241,7 +230,7 @@ fn clone_error(e: &DeployError) -> DeployError {
 /// What must be undone if a deploy fails before its switch.
 struct Attempt {
     release_dir: PathBuf,
-    slot: Option<String>,
+    slot: Option<Slot>,
 }
 
 impl Engine {
@@ -275,8 +264,7 @@ impl Engine {
             .values()
             .flat_map(|s| [&s.live, &s.prev])
             .flatten()
-            .filter_map(|p| apache::slot_index(&p.slot))
-            .map(|i| i / cell_size)
+            .map(|p| p.slot.cell(cell_size))
             .chain(owners.keys().copied())
             .max();
         let mut cells = cfg.apache.cells;
@@ -288,10 +276,8 @@ impl Engine {
             builder: Builder::new(cfg.build.clone(), layout.clone()),
             layout,
             state: Mutex::new(NodeState {
-                cells,
-                owners,
+                pool: SlotPool::new(cells, cell_size, owners),
                 sites,
-                claimed: HashSet::new(),
             }),
             accounts: Mutex::new(Vec::new()),
             turns: Mutex::new(HashMap::new()),
@@ -418,22 +404,19 @@ impl Engine {
         // Site code reaches nothing here but through its own paths.
         create_dir(&self.layout.sites_dir(), 0o711, None)?;
         create_dir(&self.layout.tmp_dir(), 0o700, None)?;
-        let (cells, live_slots, routes) = {
+        let (cells, slots, live_slots, routes) = {
             let st = self.state();
-            let live: HashSet<String> = st
-                .sites
-                .values()
-                .flat_map(|s| [&s.live, &s.prev])
-                .flatten()
-                .map(|p| p.slot.clone())
-                .collect();
-            (st.cells, live, st.routes())
+            (
+                st.pool.cells(),
+                st.pool.slots(),
+                st.live_slots(),
+                st.routes(),
+            )
         };
         let accounts = self.ensure_accounts(cells).await?;
-        for i in 0..cells * self.apache.cell_size() {
-            let slot = apache::slot_name(i);
+        for slot in slots {
             if !live_slots.contains(&slot) {
-                self.apache.forget(&slot)?;
+                self.apache.forget(slot)?;
             }
         }
         create_dir(&self.layout.apache_dir(), 0o711, None)?;
@@ -476,26 +459,24 @@ impl Engine {
         loop {
             let grow_to = {
                 let mut st = self.state();
-                if let Some(c) = st.cell_of(site) {
+                if let Some(c) = st.pool.cell_of(site) {
                     return Ok(c);
                 }
-                let free = (0..st.cells).find(|c| !st.owners.contains_key(c));
-                if let Some(cell) = free {
-                    st.owners.insert(cell, site.clone());
-                    if let Err(e) = save_cells(&self.layout, &st.owners) {
-                        st.owners.remove(&cell);
+                if let Some(cell) = st.pool.assign(site) {
+                    if let Err(e) = save_cells(&self.layout, st.pool.owners()) {
+                        st.pool.unassign(cell);
                         return Err(e);
                     }
                     return Ok(cell);
                 }
-                st.cells + self.cfg.apache.cells
+                st.pool.cells() + self.cfg.apache.cells
             };
             progress.say(format!(
                 "-----> every cell of the pool is taken: growing it to {grow_to} cells (restarts Apache gracefully)"
             ));
             let accounts = self.ensure_accounts(grow_to).await?;
             self.apache.resize(accounts).await?;
-            self.state().cells = grow_to;
+            self.state().pool.grow(grow_to);
         }
     }
 
@@ -713,13 +694,13 @@ impl Engine {
             Err(e) => format!("failed: {e}"),
         };
         if result.is_err() {
-            if let Some(slot) = &attempt.slot {
+            if let Some(slot) = attempt.slot {
                 if let Err(e) = self.apache.retire(slot).await {
                     tracing::warn!(site = %req.site, "retiring slot {slot}: {e:#}");
                 }
                 // Back to the cell: a daemon still holding something is
                 // replaced before the next deploy's wait_empty gives it out.
-                self.state().claimed.remove(slot);
+                self.state().pool.release(slot);
             }
             let _ = std::fs::remove_dir_all(&attempt.release_dir);
         }
@@ -805,19 +786,19 @@ impl Engine {
 
         // Load into a spare slot, warm, before any public host points at it.
         let slot = self.claim_spare(site).map_err(DeployError::Node)?;
-        attempt.slot = Some(slot.clone());
+        attempt.slot = Some(slot);
         self.apache
             .wait_empty(
-                &slot,
+                slot,
                 self.apache.request_timeout() + Duration::from_secs(10),
             )
             .await
-            .and_then(|()| self.apache.set_pointer(&slot, &dir))
+            .and_then(|()| self.apache.set_pointer(slot, &dir))
             .map_err(DeployError::Node)?;
         progress.say("-----> starting the release");
 
         // Check
-        self.check(site, id, &slot, &ini.update_fetch, progress)
+        self.check(site, id, slot, &ini.update_fetch, progress)
             .await
             .map_err(DeployError::Check)?;
 
@@ -832,15 +813,13 @@ impl Engine {
         };
         // From here on the slot is the switch's to keep or give back.
         attempt.slot = None;
-        let retire = self
-            .switch(site, record, &slot)
-            .map_err(DeployError::Node)?;
+        let retire = self.switch(site, record, slot).map_err(DeployError::Node)?;
         let url = self.url(site.as_str());
         progress.say(format!("-----> switched {site} to release {id}"));
 
         // Retire what used to be previous; it becomes the next spare.
         if let Some(old) = retire
-            && let Err(e) = self.apache.retire(&old).await
+            && let Err(e) = self.apache.retire(old).await
         {
             tracing::warn!(site = %site, "retiring slot {old}: {e:#}");
         }
@@ -902,25 +881,12 @@ impl Engine {
     /// claimed. Of the cell's spares, the one retired longest ago: a deploy
     /// right after another need not wait for the daemon that deploy retired
     /// (Apache re-forks it only on its 1 s maintenance tick).
-    fn claim_spare(&self, site: &SiteName) -> Result<String> {
+    fn claim_spare(&self, site: &SiteName) -> Result<Slot> {
         let mut st = self.state();
-        let cell = st
-            .cell_of(site)
-            .with_context(|| format!("internal error: {site} has no cell"))?;
-        let used = st.used_slots();
-        let free = self
-            .apache
-            .cell_slots(cell)
-            .into_iter()
-            .filter(|n| !used.contains(n))
-            .min_by_key(|n| self.apache.retired_at(n));
-        match free {
-            Some(slot) => {
-                st.claimed.insert(slot.clone());
-                Ok(slot)
-            }
-            None => bail!("internal error: the cell of {site} has no spare daemon"),
-        }
+        let in_use = st.live_slots();
+        st.pool
+            .claim(site, &in_use, |s| self.apache.retired_at(s))
+            .with_context(|| format!("internal error: the cell of {site} has no spare daemon"))
     }
 
     /// Asks the new release, through Apache, for `/` and each `update_fetch`
@@ -929,7 +895,7 @@ impl Engine {
         &self,
         site: &SiteName,
         id: ReleaseId,
-        slot: &str,
+        slot: Slot,
         update_fetch: &[String],
         progress: &Progress,
     ) -> Result<()> {
@@ -986,7 +952,7 @@ impl Engine {
 
     /// Routes `host` to the new release and `prev.host` to the one that was
     /// live. Returns the slot that held the old previous release.
-    fn switch(&self, site: &SiteName, record: ReleaseRecord, slot: &str) -> Result<Option<String>> {
+    fn switch(&self, site: &SiteName, record: ReleaseRecord, slot: Slot) -> Result<Option<Slot>> {
         let mut st = self.state();
         let s = st.sites.entry(site.clone()).or_default();
         let before = s.clone();
@@ -994,7 +960,7 @@ impl Engine {
         s.prev = s.live.take();
         s.live = Some(Placed {
             release: record.id,
-            slot: slot.to_string(),
+            slot,
         });
         s.releases.push(record);
         let saved = s.save(&self.layout.site_state(site));
@@ -1003,7 +969,7 @@ impl Engine {
         }
         // Live now, or back in the pool (where the next deploy's wait_empty
         // recycles whatever it loaded).
-        st.claimed.remove(slot);
+        st.pool.release(slot);
         saved.map_err(|e| e.context("cannot record the switch; nothing was switched"))?;
         apache::routes::write(&self.layout.routes_map(), &st.routes())?;
         Ok(retire)

@@ -9,13 +9,14 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::apache::Slot;
 use crate::apache::routes::Routes;
 use crate::names::{ReleaseId, SiteName};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Placed {
     pub release: ReleaseId,
-    pub slot: String,
+    pub slot: Slot,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -71,13 +72,13 @@ impl SiteState {
     pub fn routes(&self, site: &SiteName) -> Routes {
         let mut r = Routes::new();
         if let Some(live) = &self.live {
-            r.insert(site.as_str().to_string(), live.slot.clone());
+            r.insert(site.as_str().to_string(), live.slot);
         }
         if let Some(prev) = &self.prev {
-            r.insert(site.prev_host(), prev.slot.clone());
+            r.insert(site.prev_host(), prev.slot);
         }
         for (v, p) in self.versions() {
-            r.insert(site.version_host(v), p.slot.clone());
+            r.insert(site.version_host(v), p.slot);
         }
         r
     }
@@ -112,10 +113,10 @@ mod tests {
         }
     }
 
-    fn placed(id: u32, slot: &str) -> Option<Placed> {
+    fn placed(id: u32, slot: usize) -> Option<Placed> {
         Some(Placed {
             release: ReleaseId::new(id),
-            slot: slot.into(),
+            slot: Slot::new(slot),
         })
     }
 
@@ -124,15 +125,15 @@ mod tests {
         let site = SiteName::parse("blog", "localhost").unwrap();
         let st = SiteState {
             next_release: 4,
-            live: placed(3, "s002"),
-            prev: placed(2, "s001"),
+            live: placed(3, 2),
+            prev: placed(2, 1),
             releases: vec![rec(1, Some(1)), rec(2, Some(1)), rec(3, Some(2))],
         };
         let r = st.routes(&site);
-        assert_eq!(r["blog.localhost"], "s002");
-        assert_eq!(r["prev.blog.localhost"], "s001");
-        assert_eq!(r["2.blog.localhost"], "s002");
-        assert_eq!(r["1.blog.localhost"], "s001");
+        assert_eq!(r["blog.localhost"].to_string(), "s002");
+        assert_eq!(r["prev.blog.localhost"].to_string(), "s001");
+        assert_eq!(r["2.blog.localhost"].to_string(), "s002");
+        assert_eq!(r["1.blog.localhost"].to_string(), "s001");
     }
 
     #[test]
@@ -140,18 +141,18 @@ mod tests {
         let site = SiteName::parse("blog", "localhost").unwrap();
         let st = SiteState {
             next_release: 3,
-            live: placed(2, "s001"),
-            prev: placed(1, "s000"),
+            live: placed(2, 1),
+            prev: placed(1, 0),
             releases: vec![rec(1, Some(1)), rec(2, Some(1))],
         };
-        assert_eq!(st.routes(&site)["1.blog.localhost"], "s001");
+        assert_eq!(st.routes(&site)["1.blog.localhost"].to_string(), "s001");
     }
 
     #[test]
     fn state_round_trips_through_toml() {
         let st = SiteState {
             next_release: 2,
-            live: placed(1, "s000"),
+            live: placed(1, 0),
             prev: None,
             releases: vec![rec(1, None)],
         };
