@@ -9,14 +9,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use crate::names::SiteName;
+use crate::names::{Domain, SiteName};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {
     pub data_dir: PathBuf,
     /// A bare site name ("blog") becomes "blog.<domain>".
-    pub domain: String,
+    pub domain: Domain,
     pub http: HttpConfig,
     pub apache: ApacheConfig,
     pub build: BuildConfig,
@@ -191,7 +191,7 @@ impl Default for NodeConfig {
     fn default() -> Self {
         NodeConfig {
             data_dir: PathBuf::from("/var/lib/toppcloud"),
-            domain: "localhost".into(),
+            domain: Domain::localhost(),
             http: HttpConfig::default(),
             apache: ApacheConfig::default(),
             build: BuildConfig::default(),
@@ -432,7 +432,7 @@ impl NodeConfig {
 /// lookups by a parsed `SiteName` find them, and checks each entry.
 fn normalise_sites(
     sites: BTreeMap<String, SiteConfig>,
-    domain: &str,
+    domain: &Domain,
 ) -> Result<BTreeMap<String, SiteConfig>> {
     let mut out = BTreeMap::new();
     for (key, site) in sites {
@@ -502,7 +502,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        assert_eq!(cfg.domain, "example.com");
+        assert_eq!(cfg.domain.as_str(), "example.com");
         assert_eq!(cfg.apache.mode, ApacheMode::System);
         assert_eq!(cfg.build.keep_releases, 5);
     }

@@ -27,21 +27,62 @@ pub enum NameError {
     ReleaseId { input: String, reason: String },
 }
 
+/// The domain a node appends to bare site names ("blog" -> "blog.example.com"):
+/// checked once, when the config is read, then trusted by every parse.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Domain(String);
+
+impl Domain {
+    pub fn parse(input: &str) -> Result<Domain, NameError> {
+        let domain = input.to_ascii_lowercase();
+        check_host(&domain, MAX_HOST_LEN).map_err(|reason| NameError::DefaultDomain {
+            input: input.to_owned(),
+            reason,
+        })?;
+        Ok(Domain(domain))
+    }
+
+    /// A dev node's domain: `localhost` resolves to 127.0.0.1 everywhere.
+    pub fn localhost() -> Domain {
+        Domain("localhost".to_owned())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for Domain {
+    type Error = NameError;
+    fn try_from(s: String) -> Result<Domain, NameError> {
+        Domain::parse(&s)
+    }
+}
+
+impl From<Domain> for String {
+    fn from(d: Domain) -> String {
+        d.0
+    }
+}
+
+impl fmt::Display for Domain {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// A site's host name, e.g. "blog.example.com": lower case and a valid DNS name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Written out (release.toml, state) as the full name, and read back only as one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
 pub struct SiteName(String);
 
 impl SiteName {
     /// `input` is what a user typed ("blog" or "blog.example.com"); a name without a dot gets
     /// ".{default_domain}" appended. Lower-cased. Errors name the input and the reason.
-    pub fn parse(input: &str, default_domain: &str) -> Result<SiteName, NameError> {
-        let domain = default_domain.to_ascii_lowercase();
-        // Checked even when the input has a dot, so that a bad configuration shows up on
-        // the first name parsed rather than on the first short one.
-        check_host(&domain, MAX_HOST_LEN).map_err(|reason| NameError::DefaultDomain {
-            input: default_domain.to_owned(),
-            reason,
-        })?;
+    pub fn parse(input: &str, domain: &Domain) -> Result<SiteName, NameError> {
+        let domain = domain.as_str();
 
         let site_error = |reason: String| NameError::SiteName {
             input: input.to_owned(),
@@ -85,7 +126,19 @@ impl SiteName {
     /// which the node adds its domain, or a full one), for a client that
     /// does not know the node's domain.
     pub fn check_shape(input: &str) -> Result<(), NameError> {
-        SiteName::parse(input, "localhost").map(|_| ())
+        SiteName::parse(input, &Domain::localhost()).map(|_| ())
+    }
+
+    /// A full site name only (no domain is added): how the node reads back
+    /// the names it wrote.
+    pub fn parse_full(input: &str) -> Result<SiteName, NameError> {
+        if !input.contains('.') {
+            return Err(NameError::SiteName {
+                input: input.to_owned(),
+                reason: "a full site name is expected here (blog.example.com)".to_owned(),
+            });
+        }
+        SiteName::parse(input, &Domain::localhost())
     }
 
     pub fn as_str(&self) -> &str {
@@ -100,6 +153,19 @@ impl SiteName {
     /// The host that serves the site's previous release: "prev.blog.example.com".
     pub fn prev_host(&self) -> String {
         format!("prev.{}", self.0)
+    }
+}
+
+impl TryFrom<String> for SiteName {
+    type Error = NameError;
+    fn try_from(s: String) -> Result<SiteName, NameError> {
+        SiteName::parse_full(&s)
+    }
+}
+
+impl From<SiteName> for String {
+    fn from(s: SiteName) -> String {
+        s.0
     }
 }
 
@@ -196,8 +262,12 @@ impl fmt::Display for ReleaseId {
 mod tests {
     use super::*;
 
+    fn d(domain: &str) -> Domain {
+        Domain::parse(domain).unwrap()
+    }
+
     fn site(input: &str) -> Result<SiteName, String> {
-        SiteName::parse(input, "localhost").map_err(|e| e.to_string())
+        SiteName::parse(input, &d("localhost")).map_err(|e| e.to_string())
     }
 
     fn refused(input: &str) -> String {
@@ -210,13 +280,13 @@ mod tests {
     #[test]
     fn short_name_gets_default_domain() {
         assert_eq!(site("blog").unwrap().as_str(), "blog.localhost");
-        let name = SiteName::parse("blog", "example.com").unwrap();
+        let name = SiteName::parse("blog", &d("example.com")).unwrap();
         assert_eq!(name.as_str(), "blog.example.com");
     }
 
     #[test]
     fn name_with_dot_is_taken_whole() {
-        let name = SiteName::parse("blog.example.com", "localhost").unwrap();
+        let name = SiteName::parse("blog.example.com", &d("localhost")).unwrap();
         assert_eq!(name.as_str(), "blog.example.com");
         assert_eq!(site("a.b").unwrap().as_str(), "a.b");
     }
@@ -227,7 +297,7 @@ mod tests {
             site("Blog.Example.COM").unwrap().as_str(),
             "blog.example.com"
         );
-        let name = SiteName::parse("BLOG", "LocalHost").unwrap();
+        let name = SiteName::parse("BLOG", &d("LocalHost")).unwrap();
         assert_eq!(name.as_str(), "blog.localhost");
     }
 
@@ -246,7 +316,7 @@ mod tests {
 
     #[test]
     fn display_and_hosts() {
-        let name = SiteName::parse("blog", "example.com").unwrap();
+        let name = SiteName::parse("blog", &d("example.com")).unwrap();
         assert_eq!(name.to_string(), "blog.example.com");
         assert_eq!(name.version_host(1), "1.blog.example.com");
         assert_eq!(name.version_host(42), "42.blog.example.com");
@@ -369,8 +439,8 @@ mod tests {
         // The length counts the appended domain.
         let domain = format!("{label}.{label}.{label}");
         let fits = "c".repeat(MAX_SITE_NAME_LEN - domain.len() - 1);
-        assert!(SiteName::parse(&fits, &domain).is_ok());
-        let err = SiteName::parse(&format!("{fits}d"), &domain).unwrap_err();
+        assert!(SiteName::parse(&fits, &d(&domain)).is_ok());
+        let err = SiteName::parse(&format!("{fits}d"), &d(&domain)).unwrap_err();
         assert!(err.to_string().contains("243 characters long"), "{err}");
     }
 
@@ -404,7 +474,7 @@ mod tests {
             r#"invalid site name "blog.invalid": the last label may not be "invalid" (reserved for the node's internal hosts)"#
         );
         assert!(refused("a.b.INVALID").contains(r#"may not be "invalid""#));
-        let err = SiteName::parse("blog", "invalid").unwrap_err();
+        let err = SiteName::parse("blog", &d("invalid")).unwrap_err();
         assert!(
             err.to_string()
                 .starts_with(r#"invalid site name "blog": the last label"#)
@@ -414,26 +484,39 @@ mod tests {
     #[test]
     fn default_domain_is_validated() {
         // A single label is a fine domain.
-        assert!(SiteName::parse("blog", "localhost").is_ok());
-        let err = SiteName::parse("blog", "").unwrap_err();
+        assert!(SiteName::parse("blog", &d("localhost")).is_ok());
+        let err = Domain::parse("").unwrap_err();
         assert_eq!(
             err.to_string(),
             r#"invalid default domain "": the name is empty"#
         );
-        let err = SiteName::parse("blog", "example..com").unwrap_err();
+        let err = Domain::parse("example..com").unwrap_err();
         assert_eq!(
             err.to_string(),
             r#"invalid default domain "example..com": empty label"#
         );
-        let err = SiteName::parse("blog", "example.com.").unwrap_err();
+        let err = Domain::parse("example.com.").unwrap_err();
         assert!(err.to_string().contains("may not end with a dot"));
-        let err = SiteName::parse("blog", "ex_ample.com").unwrap_err();
+        let err = Domain::parse("ex_ample.com").unwrap_err();
         assert!(matches!(err, NameError::DefaultDomain { .. }));
-        // Also when the input has a dot of its own.
-        assert!(SiteName::parse("blog.example.com", "bad domain").is_err());
+        assert!(Domain::parse("bad domain").is_err());
         // The number and "prev" rules are about site names only.
-        assert!(SiteName::parse("blog", "prev.example.com").is_ok());
-        assert!(SiteName::parse("blog", "127").is_ok());
+        assert!(SiteName::parse("blog", &d("prev.example.com")).is_ok());
+        assert!(SiteName::parse("blog", &d("127")).is_ok());
+        assert_eq!(Domain::parse("LocalHost").unwrap().as_str(), "localhost");
+    }
+
+    #[test]
+    fn full_names_read_back_as_full_names_only() {
+        let name = SiteName::parse_full("blog.example.com").unwrap();
+        assert_eq!(name.as_str(), "blog.example.com");
+        assert!(SiteName::parse_full("blog").is_err());
+        let back: SiteName = toml::from_str::<std::collections::BTreeMap<String, SiteName>>(
+            "s = \"blog.example.com\"",
+        )
+        .unwrap()["s"]
+            .clone();
+        assert_eq!(back, name);
     }
 
     #[test]

@@ -7,15 +7,18 @@
 
 use std::path::{Component, Path};
 
-use toppcloud::node::keys;
 use toppcloud::app_ini::{AppIni, Runner};
-use toppcloud::node::exec::{self, Request};
 use toppcloud::layout::Layout;
-use toppcloud::names::{MAX_SITE_NAME_LEN, SiteName};
+use toppcloud::names::{Domain, MAX_SITE_NAME_LEN, SiteName};
+use toppcloud::node::exec::{self, Request};
+use toppcloud::node::keys;
 use toppcloud::node::upload::{self, Upload};
 
 /// The node's default domain in every target.
-pub const DOMAIN: &str = "localhost";
+/// The domain every target parses names against (a dev node's).
+pub fn domain() -> Domain {
+    Domain::localhost()
+}
 
 /// Where the node would put an upload area; any absolute path will do.
 const AREA: &str = "/var/lib/toppcloud/tmp/upload-0123456789abcdef";
@@ -34,7 +37,7 @@ pub fn check_site(site: &SiteName) {
         "{name:?}"
     );
     assert!(name.split('.').all(|label| !label.is_empty()), "{name:?}");
-    assert_eq!(SiteName::parse(name, DOMAIN).as_ref(), Ok(site));
+    assert_eq!(SiteName::parse(name, &domain()).as_ref(), Ok(site));
     let root = Path::new("/var/lib/toppcloud");
     let repo = Layout::new(root.to_path_buf()).repo(site);
     assert!(
@@ -49,7 +52,7 @@ pub fn check_site(site: &SiteName) {
 /// The exec line: whatever it is parsed into is a valid site, and an
 /// rsync upload satisfies [`check_upload`].
 pub fn check_exec_line(line: &str) {
-    match exec::parse(line, DOMAIN) {
+    match exec::parse(line, &domain()) {
         Ok(Request::Receive(site)) | Ok(Request::Fetch(site)) => {
             check_site(&site);
             let words = shell_words::split(line).expect("an accepted line splits");
@@ -69,7 +72,7 @@ pub fn check_exec_line(line: &str) {
 
 /// `rsync --server` words: when they parse, check the upload.
 pub fn check_rsync_words(words: &[String]) {
-    if let Ok(upload) = upload::parse(words, DOMAIN) {
+    if let Ok(upload) = upload::parse(words, &domain()) {
         check_upload(words, &upload);
     }
 }
@@ -112,7 +115,7 @@ pub fn check_upload(words: &[String], upload: &Upload) {
             .map(|w| w.into_string().expect("UTF-8")),
     );
     assert_eq!(
-        upload::parse(&again, DOMAIN).as_ref(),
+        upload::parse(&again, &domain()).as_ref(),
         Ok(upload),
         "{again:?} from {words:?}"
     );
@@ -319,7 +322,7 @@ fn render_app_ini(app: &AppIni) -> String {
 /// back the way `toppcloud node keys add` writes it, parses to the same
 /// key, name and sites.
 pub fn check_authorized_keys_line(line: &str) {
-    let Ok(key) = access::parse_line(line) else {
+    let Ok(key) = keys::parse_line(line) else {
         return;
     };
     assert!(!key.name.is_empty());
@@ -338,11 +341,11 @@ pub fn check_authorized_keys_line(line: &str) {
                     .all(|b| b.is_ascii_alphanumeric() || b"*.-_".contains(&b))
         })
     });
-    if !plain_sites || access::validate_name(&key.name).is_err() {
+    if !plain_sites || keys::validate_name(&key.name).is_err() {
         return;
     }
-    let text = access::render_line(&key.name, &key.key, grant).expect("a parsed key renders");
-    let back = access::parse_line(&text).expect("a rendered line parses");
+    let text = keys::render_line(&key.name, &key.key, grant).expect("a parsed key renders");
+    let back = keys::parse_line(&text).expect("a rendered line parses");
     assert_eq!(back.name, key.name, "{text}");
     assert_eq!(back.key.key_data(), key.key.key_data(), "{text}");
     assert_eq!(back.grant.as_ref().ok(), Some(grant), "{text}");

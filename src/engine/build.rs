@@ -536,7 +536,7 @@ mod tests {
 
     #[test]
     fn the_venv_key_follows_the_package_sources() {
-        let site = SiteName::parse("blog", "localhost").unwrap();
+        let site = SiteName::parse("blog", &crate::names::Domain::localhost()).unwrap();
         let reqs = Requirements {
             text: "flask\n".into(),
             source: "requirements.txt",

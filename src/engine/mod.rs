@@ -38,7 +38,7 @@ use crate::app_ini::RunnerSpec;
 use crate::config::NodeConfig;
 use crate::dirs::create_dir;
 use crate::layout::Layout;
-use crate::names::{ReleaseId, SiteName};
+use crate::names::{Domain, ReleaseId, SiteName};
 use crate::progress::Progress;
 use build::{BuildFor, Builder, venv_key_of};
 use pool::SlotPool;
@@ -295,7 +295,7 @@ impl Engine {
         &self.apache
     }
 
-    pub fn domain(&self) -> &str {
+    pub fn domain(&self) -> &Domain {
         &self.cfg.domain
     }
 
@@ -1111,7 +1111,7 @@ fn dirs_deepest_first(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn load_cells(layout: &Layout, domain: &str) -> Result<BTreeMap<usize, SiteName>> {
+fn load_cells(layout: &Layout, domain: &Domain) -> Result<BTreeMap<usize, SiteName>> {
     let path = layout.cells_file();
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,

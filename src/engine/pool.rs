@@ -104,7 +104,7 @@ mod tests {
     use std::time::Duration;
 
     fn site(n: &str) -> SiteName {
-        SiteName::parse(n, "localhost").unwrap()
+        SiteName::parse(n, &crate::names::Domain::localhost()).unwrap()
     }
 
     #[test]

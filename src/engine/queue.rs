@@ -346,7 +346,7 @@ mod tests {
     use super::*;
 
     fn site(n: &str) -> SiteName {
-        SiteName::parse(n, "localhost").unwrap()
+        SiteName::parse(n, &crate::names::Domain::localhost()).unwrap()
     }
 
     fn live() -> Outcome {

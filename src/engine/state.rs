@@ -122,7 +122,7 @@ mod tests {
 
     #[test]
     fn routes_name_host_prev_and_versions() {
-        let site = SiteName::parse("blog", "localhost").unwrap();
+        let site = SiteName::parse("blog", &crate::names::Domain::localhost()).unwrap();
         let st = SiteState {
             next_release: 4,
             live: placed(3, 2),
@@ -138,7 +138,7 @@ mod tests {
 
     #[test]
     fn same_version_routes_to_the_newest() {
-        let site = SiteName::parse("blog", "localhost").unwrap();
+        let site = SiteName::parse("blog", &crate::names::Domain::localhost()).unwrap();
         let st = SiteState {
             next_release: 3,
             live: placed(2, 1),

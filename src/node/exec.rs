@@ -3,7 +3,7 @@
 //! connection state), so the fuzz targets can reach it; `ssh.rs` serves
 //! the request.
 
-use crate::names::SiteName;
+use crate::names::{Domain, SiteName};
 use crate::node::upload::Upload;
 
 /// What a client may ask the node to run.
@@ -28,7 +28,7 @@ impl Request {
 
 /// Parses an exec line into a git command and the site it names, or an
 /// upload; the error is the refusal to show the client.
-pub fn parse(line: &str, domain: &str) -> Result<Request, String> {
+pub fn parse(line: &str, domain: &Domain) -> Result<Request, String> {
     let words = shell_words::split(line).map_err(|_| format!("cannot parse command {line:?}"))?;
     if words.first().is_some_and(|w| w == "rsync") {
         return crate::node::upload::parse(&words, domain).map(Request::Rsync);
@@ -60,7 +60,7 @@ mod tests {
 
     #[test]
     fn git_commands_name_a_site() {
-        let d = "localhost";
+        let d = &crate::names::Domain::localhost();
         assert_eq!(
             parse("git-receive-pack '/blog.git'", d).unwrap(),
             Request::Receive(SiteName::parse("blog", d).unwrap())

@@ -19,7 +19,7 @@ use anyhow::{Context, Result, bail};
 use russh::keys::{HashAlg, PublicKey};
 use sha2::{Digest, Sha256};
 
-use crate::names::SiteName;
+use crate::names::{Domain, SiteName};
 
 /// One key line of authorized_keys.
 #[derive(Debug, Clone)]
@@ -583,7 +583,7 @@ impl Expiry {
 
 /// Validates site patterns given on the command line: a site name (bare
 /// names get the domain) or `*.domain`.
-pub fn parse_patterns(list: &str, domain: &str) -> Result<Vec<String>> {
+pub fn parse_patterns(list: &str, domain: &Domain) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for p in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         if let Some(d) = p.strip_prefix("*.") {
@@ -988,7 +988,7 @@ mod tests {
              from=\"127.0.0.1\",sites=\"c.localhost\" {KEY}\n"
         ));
         let id = identify_at(&path, &public(KEY), ip("127.0.0.1"), 1_800_000_000).unwrap();
-        let site = |s: &str| SiteName::parse(s, "localhost").unwrap();
+        let site = |s: &str| SiteName::parse(s, &crate::names::Domain::localhost()).unwrap();
         assert!(id.may_use(&site("c")));
         assert!(!id.may_use(&site("a")) && !id.may_use(&site("b")));
         let id = identify_at(&path, &public(KEY), ip("10.1.1.1"), 1_800_000_000).unwrap();
@@ -1028,10 +1028,10 @@ mod tests {
     #[test]
     fn cli_patterns_are_validated() {
         assert_eq!(
-            parse_patterns("blog,*.example.org", "localhost").unwrap(),
+            parse_patterns("blog,*.example.org", &crate::names::Domain::localhost()).unwrap(),
             vec!["blog.localhost", "*.example.org"]
         );
-        assert!(parse_patterns("../x", "localhost").is_err());
+        assert!(parse_patterns("../x", &crate::names::Domain::localhost()).is_err());
     }
 
     #[test]

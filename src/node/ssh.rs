@@ -37,7 +37,7 @@ pub struct Shared {
     pub engine: Arc<Engine>,
     pub layout: Layout,
     pub authorized_keys: PathBuf,
-    pub domain: String,
+    pub domain: crate::names::Domain,
     pub pushes: Arc<Pushes>,
 }
 

@@ -13,7 +13,7 @@
 use std::ffi::OsString;
 use std::path::Path;
 
-use crate::names::SiteName;
+use crate::names::{Domain, SiteName};
 
 /// rsync's own client never sends more than nine `v` (it caps them so).
 const MAX_VERBOSE: u8 = 9;
@@ -240,7 +240,7 @@ impl ClientInfo {
 }
 
 /// Parses `rsync --server OPTIONS . SITE/` as split from the exec line.
-pub fn parse(words: &[String], domain: &str) -> Result<Upload, String> {
+pub fn parse(words: &[String], domain: &Domain) -> Result<Upload, String> {
     let [rsync, server, rest @ ..] = words else {
         return Err("not an rsync upload".into());
     };
@@ -606,7 +606,7 @@ mod tests {
     fn the_clients_form_is_accepted() {
         let u = parse(
             &words("rsync --server -ltrze.iLsfxCIvu --log-format=%i --delete . blog/"),
-            "localhost",
+            &crate::names::Domain::localhost(),
         )
         .unwrap();
         assert_eq!(u.site.as_str(), "blog.localhost");
@@ -656,7 +656,8 @@ mod tests {
             "rsync --server -ltr . blog/",
         ] {
             let w = words(line);
-            let u = parse(&w, "localhost").unwrap_or_else(|e| panic!("{line}: {e}"));
+            let u = parse(&w, &crate::names::Domain::localhost())
+                .unwrap_or_else(|e| panic!("{line}: {e}"));
             let mut expected = w[1..w.len() - 1].to_vec();
             expected.push("blog/".into());
             assert_eq!(argv_text(&u, "blog/"), expected, "{line}");
@@ -665,7 +666,7 @@ mod tests {
 
     #[test]
     fn refusals_name_the_problem() {
-        let d = "localhost";
+        let d = &crate::names::Domain::localhost();
         let e = parse(
             &words("rsync --server --sender -lptre.iLsfxCIvu . blog/"),
             d,
@@ -700,7 +701,7 @@ mod tests {
 
     #[test]
     fn options_with_paths_or_programs_are_refused_by_name() {
-        let d = "localhost";
+        let d = &crate::names::Domain::localhost();
         for (option, named) in [
             ("--log-file=/tmp/x", "--log-file"),
             ("--inplace", "--inplace"),
@@ -770,7 +771,7 @@ mod tests {
     #[test]
     fn rsync_bare_words_never_reach_rsync() {
         let line = "rsync --server -rlte.iLsfxCIvu /var/lib/toppcloud . blog/";
-        let e = parse(&words(line), "localhost").unwrap_err();
+        let e = parse(&words(line), &crate::names::Domain::localhost()).unwrap_err();
         assert!(e.contains("\"/var/lib/toppcloud\""), "{e}");
         for line in [
             "rsync --server /var/lib/toppcloud . blog/",
@@ -780,7 +781,10 @@ mod tests {
             "rsync --server -rlt . /var/lib/toppcloud blog/",
             "rsync --server -rlt blog/",
         ] {
-            assert!(parse(&words(line), "localhost").is_err(), "{line}");
+            assert!(
+                parse(&words(line), &crate::names::Domain::localhost()).is_err(),
+                "{line}"
+            );
         }
     }
 
@@ -867,7 +871,7 @@ mod tests {
             if rng.next().is_multiple_of(8) {
                 input.push(rng.pick(WORDS).into());
             }
-            let Ok(upload) = parse(&input, "localhost") else {
+            let Ok(upload) = parse(&input, &crate::names::Domain::localhost()) else {
                 continue;
             };
             accepted += 1;
@@ -889,7 +893,11 @@ mod tests {
             }
             let mut again = vec!["rsync".to_string()];
             again.extend(argv_text(&upload, &format!("{}/", upload.site)));
-            assert_eq!(parse(&again, "localhost"), Ok(upload), "{input:?}");
+            assert_eq!(
+                parse(&again, &crate::names::Domain::localhost()),
+                Ok(upload),
+                "{input:?}"
+            );
         }
         assert!(accepted > 1000, "only {accepted} inputs were accepted");
     }
