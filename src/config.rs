@@ -21,8 +21,12 @@ pub struct NodeConfig {
     pub apache: ApacheConfig,
     pub build: BuildConfig,
     pub ssh: SshConfig,
-    /// Per-site settings, keyed by site name.
-    pub sites: BTreeMap<String, SiteConfig>,
+    /// Per-site settings as written (`[sites.blog]`, `[sites."blog.example.com"]`).
+    #[serde(rename = "sites")]
+    site_settings: BTreeMap<String, SiteConfig>,
+    /// The same, by full site name (read once from `site_settings`).
+    #[serde(skip)]
+    pub sites: BTreeMap<SiteName, SiteConfig>,
     /// Seconds a stopping node waits for the deploys in flight before it
     /// abandons them.
     pub stop_timeout: u64,
@@ -196,6 +200,7 @@ impl Default for NodeConfig {
             apache: ApacheConfig::default(),
             build: BuildConfig::default(),
             ssh: SshConfig::default(),
+            site_settings: BTreeMap::new(),
             sites: BTreeMap::new(),
             stop_timeout: 30,
             source: None,
@@ -273,7 +278,7 @@ impl NodeConfig {
     }
 
     /// The configured deploy branch of a site, if any.
-    pub fn site_branch(&self, site: &str) -> Option<&str> {
+    pub fn site_branch(&self, site: &SiteName) -> Option<&str> {
         self.sites.get(site).and_then(|s| s.branch.as_deref())
     }
 
@@ -343,7 +348,7 @@ impl NodeConfig {
             file.is_file().then_some(file)
         });
         cfg.check_limits()?;
-        cfg.sites = normalise_sites(std::mem::take(&mut cfg.sites), &cfg.domain)?;
+        cfg.sites = normalise_sites(std::mem::take(&mut cfg.site_settings), &cfg.domain)?;
         Ok(cfg)
     }
 
@@ -433,11 +438,10 @@ impl NodeConfig {
 fn normalise_sites(
     sites: BTreeMap<String, SiteConfig>,
     domain: &Domain,
-) -> Result<BTreeMap<String, SiteConfig>> {
+) -> Result<BTreeMap<SiteName, SiteConfig>> {
     let mut out = BTreeMap::new();
     for (key, site) in sites {
         let name = SiteName::parse(&key, domain).with_context(|| format!("[sites.\"{key}\"]"))?;
-        let name = name.as_str().to_string();
         let here = || format!("[sites.\"{key}\"]");
         if let Some(b) = &site.branch {
             check_branch(b).with_context(here)?;
@@ -527,10 +531,14 @@ mod tests {
             "#,
         )
         .unwrap();
-        let keys: Vec<&str> = cfg.sites.keys().map(String::as_str).collect();
+        let keys: Vec<&str> = cfg.sites.keys().map(SiteName::as_str).collect();
         assert_eq!(keys, ["blog.example.com", "shop.example.org"]);
-        assert_eq!(cfg.site_branch("shop.example.org"), Some("release/1"));
-        let blog = &cfg.sites["blog.example.com"];
+        let name = |n: &str| SiteName::parse_full(n).unwrap();
+        assert_eq!(
+            cfg.site_branch(&name("shop.example.org")),
+            Some("release/1")
+        );
+        let blog = &cfg.sites[&name("blog.example.com")];
         assert_eq!(blog.secret().map(Secret::expose), Some("s3cret"));
     }
 
@@ -586,7 +594,11 @@ mod tests {
         );
         assert!(!w.contains("c.localhost"), "{w}");
         assert!(w.contains("admin_token is not set"), "{w}");
-        assert!(cfg.sites["b.localhost"].secret().is_none());
+        assert!(
+            cfg.sites[&SiteName::parse_full("b.localhost").unwrap()]
+                .secret()
+                .is_none()
+        );
     }
 
     #[test]

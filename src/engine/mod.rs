@@ -377,7 +377,7 @@ impl Engine {
 
     /// The branch a site deploys from, when its config names one.
     pub fn site_branch(&self, site: &SiteName) -> Option<&str> {
-        self.cfg.site_branch(site.as_str())
+        self.cfg.site_branch(site)
     }
 
     /// The branch a site deploys from: the configured one, else the branch
@@ -655,10 +655,9 @@ impl Engine {
                 },
                 Err(e) => Outcome::Failed(e.public_message()),
             };
-            let site = self.deploys.get(&record.id).map(|d| d.site);
-            if let Some(site) = site.and_then(|s| SiteName::parse(&s, &self.cfg.domain).ok()) {
+            if let Some(d) = self.deploys.get(&record.id) {
                 self.deploys
-                    .finish(&site, &record.id, outcome, release::now_rfc3339());
+                    .finish(&d.site, &record.id, outcome, release::now_rfc3339());
             }
         }
         match result {
@@ -770,7 +769,7 @@ impl Engine {
         let created = release::now_rfc3339();
         ReleaseFile {
             id: id.get(),
-            site: site.to_string(),
+            site: site.clone(),
             app_name: ini.app_name.clone(),
             version: ini.version,
             created: created.clone(),

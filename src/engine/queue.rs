@@ -36,7 +36,7 @@ pub enum Status {
 #[derive(Debug, Clone, Serialize)]
 pub struct Deploy {
     pub id: String,
-    pub site: String,
+    pub site: SiteName,
     pub status: Status,
     /// What asked for it; a pending deploy collects every request folded in.
     pub requested_by: Vec<String>,
@@ -114,7 +114,7 @@ struct Inner {
     /// Finished ids, oldest first, for forgetting.
     finished: VecDeque<String>,
     /// Ids per site name, oldest first (only those still remembered).
-    by_site: HashMap<String, VecDeque<String>>,
+    by_site: HashMap<SiteName, VecDeque<String>>,
     queues: HashMap<SiteName, SiteQueue>,
 }
 
@@ -163,7 +163,7 @@ impl Registry {
             id.clone(),
             Deploy {
                 id: id.clone(),
-                site: site.to_string(),
+                site: site.clone(),
                 status: Status::Queued,
                 requested_by: vec![by],
                 force,
@@ -179,7 +179,7 @@ impl Registry {
         );
         inner
             .by_site
-            .entry(site.to_string())
+            .entry(site.clone())
             .or_default()
             .push_back(id.clone());
         if running {
@@ -199,7 +199,7 @@ impl Registry {
             id.clone(),
             Deploy {
                 id: id.clone(),
-                site: site.to_string(),
+                site: site.clone(),
                 status: Status::Queued,
                 requested_by: vec![by],
                 force: false,
@@ -215,7 +215,7 @@ impl Registry {
         );
         inner
             .by_site
-            .entry(site.to_string())
+            .entry(site.clone())
             .or_default()
             .push_back(id.clone());
         id
@@ -325,7 +325,7 @@ impl Registry {
     /// The site's deploys, newest first, without their logs.
     pub fn recent(&self, site: &SiteName, n: usize) -> Vec<Deploy> {
         let inner = self.inner();
-        let Some(ids) = inner.by_site.get(site.as_str()) else {
+        let Some(ids) = inner.by_site.get(site) else {
             return Vec::new();
         };
         ids.iter()

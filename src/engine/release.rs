@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::app_ini::{RunnerSpec, excluded};
+use crate::names::SiteName;
 
 /// Copies the tree at `src` into `dest` (which must not exist), leaving out
 /// VCS directories and editor leftovers, without following any link (the
@@ -55,7 +56,7 @@ pub fn seed(src: &Path, dest: &Path) -> Result<()> {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ReleaseFile {
     pub id: u32,
-    pub site: String,
+    pub site: SiteName,
     pub app_name: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub version: Option<u32>,

@@ -54,10 +54,7 @@ impl Upstream {
 
     /// The configured upstream URL of a site.
     pub fn url(&self, site: &SiteName) -> Option<&str> {
-        self.cfg
-            .sites
-            .get(site.as_str())
-            .and_then(|s| s.upstream.as_deref())
+        self.cfg.sites.get(site).and_then(|s| s.upstream.as_deref())
     }
 
     /// The branch a site deploys (the engine's rule, shared with pushes).

@@ -386,7 +386,7 @@ async fn receive(
     let cfg = api
         .cfg
         .sites
-        .get(site.as_str())
+        .get(&site)
         .filter(|s| s.upstream.is_some())
         .ok_or_else(unknown)?;
     let secret = cfg.secret().ok_or_else(|| {
@@ -550,17 +550,18 @@ fn release_json(st: &SiteState, id: crate::names::ReleaseId, url: Option<String>
 }
 
 /// The sites the node knows: configured or deployed.
-fn known_sites(api: &Api) -> BTreeMap<String, Option<SiteState>> {
-    let mut all: BTreeMap<String, Option<SiteState>> =
+fn known_sites(api: &Api) -> BTreeMap<SiteName, Option<SiteState>> {
+    let mut all: BTreeMap<SiteName, Option<SiteState>> =
         api.cfg.sites.keys().map(|k| (k.clone(), None)).collect();
     for (site, st) in api.engine.sites() {
-        all.insert(site.to_string(), Some(st));
+        all.insert(site, Some(st));
     }
     all
 }
 
-fn site_summary(api: &Api, name: &str, st: Option<&SiteState>) -> Value {
-    let cfg = api.cfg.sites.get(name);
+fn site_summary(api: &Api, site: &SiteName, st: Option<&SiteState>) -> Value {
+    let name = site.as_str();
+    let cfg = api.cfg.sites.get(site);
     let upstream = cfg.and_then(|c| c.upstream.as_deref());
     let live = st.and_then(|st| {
         st.live
@@ -599,10 +600,10 @@ async fn show_site(
 ) -> Result<Json<Value>, ApiError> {
     let site = parse_site(&api, &raw)?;
     let all = known_sites(&api);
-    let Some(st) = all.get(site.as_str()) else {
+    let Some(st) = all.get(&site) else {
         return Err(ApiError::NotFound(format!("no site {site} on this node")));
     };
-    let mut v = site_summary(&api, site.as_str(), st.as_ref());
+    let mut v = site_summary(&api, &site, st.as_ref());
     if let Some(st) = st {
         v["previous"] = json!(st.prev.as_ref().map(|p| release_json(
             st,
@@ -678,7 +679,7 @@ async fn deploy_site(
 ) -> Result<Response, ApiError> {
     let site = parse_site(&api, &raw)?;
     if api.upstream.url(&site).is_none() {
-        let known = known_sites(&api).contains_key(site.as_str());
+        let known = known_sites(&api).contains_key(&site);
         let msg = format!(
             "site {site} has no upstream: set upstream = \"<git URL>\" under [sites.\"{site}\"] in the node config"
         );
