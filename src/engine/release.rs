@@ -1,5 +1,5 @@
 //! A release: an immutable directory holding the app's files (`app/`), its
-//! environment (`venv`, a link to a shared venv) and `release.toml`, which
+//! environment (`venv`, a link to one of its site's venvs) and `release.toml`, which
 //! the WSGI shim reads to become the release and which records where it came
 //! from.
 

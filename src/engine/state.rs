@@ -1,5 +1,5 @@
 //! What the node knows about one site, persisted in `sites/<site>/site.toml`:
-//! the pool slots of its live and previous releases, which releases are live and previous, and the
+//! which releases are live and previous (and the pool slot of each), and the
 //! record of every release still on disk. Written atomically at each switch,
 //! before the route map, so a crash between the two is repaired at start.
 

@@ -1,6 +1,6 @@
 //! The node's local control channel: a Unix socket in the data dir (mode
 //! 0600, so only the node's own user reaches it) that `toppcloud node deploy`
-//! talks to. One JSON request line in; JSON event lines out, ending with a
+//! and the pre-receive hook of a push talk to. One JSON request line in; JSON event lines out, ending with a
 //! `done` event.
 
 use std::path::{Path, PathBuf};
@@ -11,10 +11,11 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::engine::{DeployRequest, Engine};
-use crate::layout::Layout;
+use crate::engine::DeployRequest;
+use crate::node::Node;
+
 use crate::names::SiteName;
-use crate::node::push::{PreReceive, Pushes, RefUpdate};
+use crate::node::push::{PreReceive, RefUpdate};
 use crate::progress::Progress;
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -30,13 +31,6 @@ pub enum Request {
         updates: Vec<RefUpdate>,
         quarantine: Option<PathBuf>,
     },
-}
-
-/// What the control channel's handlers need.
-pub struct State {
-    pub engine: Arc<Engine>,
-    pub pushes: Arc<Pushes>,
-    pub layout: Layout,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -55,7 +49,7 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
     Ok(listener)
 }
 
-pub async fn serve(listener: UnixListener, state: Arc<State>) {
+pub async fn serve(listener: UnixListener, state: Arc<Node>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -111,7 +105,7 @@ where
     Ok(())
 }
 
-async fn handle(stream: UnixStream, state: Arc<State>) -> Result<()> {
+async fn handle(stream: UnixStream, state: Arc<Node>) -> Result<()> {
     let engine = state.engine.clone();
     let (r, mut w) = stream.into_split();
     let mut lines = BufReader::new(r).lines();

@@ -16,7 +16,7 @@
 //! token), and at most `max_connections` are served at once.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -29,15 +29,15 @@ use axum::{Json, Router, body::Bytes};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::{Value, json};
 
-use crate::config::{HttpConfig, NodeConfig};
-use crate::engine::Engine;
+use crate::config::HttpConfig;
 use crate::engine::queue::{Enqueued, KEEP_FINISHED, Status};
 use crate::engine::state::SiteState;
-use crate::engine::upstream::{Upstream, redact};
+use crate::engine::upstream::redact;
 use crate::layout::Layout;
 use crate::names::SiteName;
+use crate::node::Node;
 use crate::node::listen::{self, Throttle};
-use crate::node::webhook::{self, Event, ReplayCache};
+use crate::node::webhook::{self, Event};
 
 /// Delivery ids remembered for refusing replays, node-wide.
 pub const REPLAY_CACHE: usize = 10_000;
@@ -46,32 +46,6 @@ const RECENT: usize = 20;
 /// The most of anything from a request that goes into a log line or an
 /// answer.
 const ECHO: usize = 100;
-
-/// What the handlers share.
-pub struct Api {
-    engine: Arc<Engine>,
-    upstream: Arc<Upstream>,
-    cfg: Arc<NodeConfig>,
-    layout: Layout,
-    replays: Mutex<ReplayCache>,
-}
-
-impl Api {
-    pub fn new(
-        engine: Arc<Engine>,
-        upstream: Arc<Upstream>,
-        cfg: Arc<NodeConfig>,
-        layout: Layout,
-    ) -> Api {
-        Api {
-            engine,
-            upstream,
-            cfg,
-            layout,
-            replays: Mutex::new(ReplayCache::new(REPLAY_CACHE)),
-        }
-    }
-}
 
 /// What a client of the HTTP server may hold, and for how long.
 #[derive(Debug, Clone, Copy)]
@@ -161,7 +135,7 @@ async fn refuse_busy(mut stream: tokio::net::TcpStream) {
     let _ = tokio::time::timeout(Duration::from_secs(1), lingering).await;
 }
 
-pub fn router(api: Arc<Api>) -> Router {
+pub fn router(api: Arc<Node>) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/hooks/{site}", post(hook))
@@ -241,7 +215,7 @@ impl IntoResponse for ApiError {
 /// so), 408 for one that does not arrive in time. Call it only once the
 /// request is known to be worth reading.
 async fn read_body(
-    api: &Api,
+    api: &Node,
     headers: &HeaderMap,
     body: Body,
     limit: usize,
@@ -323,7 +297,7 @@ struct Sender {
 }
 
 async fn hook(
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<Node>>,
     Path(site): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -370,7 +344,7 @@ fn ignored(reason: String) -> Accepted {
 /// the site is known to take webhooks: anyone can send one, and an unknown
 /// site must cost the node nothing.
 async fn receive(
-    api: &Arc<Api>,
+    api: &Arc<Node>,
     raw_site: &str,
     headers: &HeaderMap,
     body: Body,
@@ -510,10 +484,10 @@ fn unix_now() -> u64 {
 /// Proof that a request carried the admin token.
 pub struct Admin;
 
-impl FromRequestParts<Arc<Api>> for Admin {
+impl FromRequestParts<Arc<Node>> for Admin {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, api: &Arc<Api>) -> Result<Admin, ApiError> {
+    async fn from_request_parts(parts: &mut Parts, api: &Arc<Node>) -> Result<Admin, ApiError> {
         let Some(token) = api.cfg.http.admin_token() else {
             return Err(ApiError::Forbidden(
                 "the API is disabled: set [http] admin_token in the node config".into(),
@@ -550,7 +524,7 @@ fn release_json(st: &SiteState, id: crate::names::ReleaseId, url: Option<String>
 }
 
 /// The sites the node knows: configured or deployed.
-fn known_sites(api: &Api) -> BTreeMap<SiteName, Option<SiteState>> {
+fn known_sites(api: &Node) -> BTreeMap<SiteName, Option<SiteState>> {
     let mut all: BTreeMap<SiteName, Option<SiteState>> =
         api.cfg.sites.keys().map(|k| (k.clone(), None)).collect();
     for (site, st) in api.engine.sites() {
@@ -559,7 +533,7 @@ fn known_sites(api: &Api) -> BTreeMap<SiteName, Option<SiteState>> {
     all
 }
 
-fn site_summary(api: &Api, site: &SiteName, st: Option<&SiteState>) -> Value {
+fn site_summary(api: &Node, site: &SiteName, st: Option<&SiteState>) -> Value {
     let name = site.as_str();
     let cfg = api.cfg.sites.get(site);
     let upstream = cfg.and_then(|c| c.upstream.as_deref());
@@ -581,7 +555,7 @@ fn site_summary(api: &Api, site: &SiteName, st: Option<&SiteState>) -> Value {
     v
 }
 
-async fn list_sites(_: Admin, State(api): State<Arc<Api>>) -> Json<Value> {
+async fn list_sites(_: Admin, State(api): State<Arc<Node>>) -> Json<Value> {
     let sites: Vec<Value> = known_sites(&api)
         .iter()
         .map(|(name, st)| site_summary(&api, name, st.as_ref()))
@@ -589,13 +563,13 @@ async fn list_sites(_: Admin, State(api): State<Arc<Api>>) -> Json<Value> {
     Json(json!({ "sites": sites }))
 }
 
-fn parse_site(api: &Api, raw: &str) -> Result<SiteName, ApiError> {
+fn parse_site(api: &Node, raw: &str) -> Result<SiteName, ApiError> {
     SiteName::parse(raw, &api.cfg.domain).map_err(|e| ApiError::NotFound(e.to_string()))
 }
 
 async fn show_site(
     _: Admin,
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<Node>>,
     Path(raw): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let site = parse_site(&api, &raw)?;
@@ -672,7 +646,7 @@ fn history(layout: &Layout, site: &SiteName) -> Result<Vec<Value>, ApiError> {
 
 async fn deploy_site(
     _: Admin,
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<Node>>,
     Path(raw): Path<String>,
     headers: HeaderMap,
     body: Body,
@@ -717,7 +691,7 @@ async fn deploy_site(
 
 async fn show_deploy(
     _: Admin,
-    State(api): State<Arc<Api>>,
+    State(api): State<Arc<Node>>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     match api.upstream.registry().get(&id) {

@@ -17,7 +17,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
@@ -27,6 +27,20 @@ use crate::engine::Engine;
 use crate::engine::upstream::Upstream;
 use crate::layout::Layout;
 use push::Pushes;
+use webhook::ReplayCache;
+
+/// What every door shares, built once by `run` and handed to each: the
+/// config, the data dir's layout, the engine (which owns sites, slots,
+/// deploy records and queues), upstream deploys, pushes in flight, and the
+/// webhook deliveries already seen.
+pub struct Node {
+    pub cfg: Arc<NodeConfig>,
+    pub layout: Layout,
+    pub engine: Arc<Engine>,
+    pub upstream: Arc<Upstream>,
+    pub pushes: Pushes,
+    pub replays: Mutex<ReplayCache>,
+}
 
 pub async fn run(cfg: NodeConfig) -> Result<()> {
     // What the node writes is its own unless it opens it up on purpose
@@ -76,39 +90,26 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     }
     let apache = engine.apache().listen();
 
-    let pushes = Arc::new(Pushes::default());
-    let control = tokio::spawn(control::serve(
-        control_listener,
-        Arc::new(control::State {
-            engine: engine.clone(),
-            pushes: pushes.clone(),
-            layout: layout.clone(),
-        }),
-    ));
+    let cfg = Arc::new(cfg);
+    let node = Arc::new(Node {
+        upstream: Upstream::new(engine.clone(), layout.clone(), cfg.clone()),
+        engine: engine.clone(),
+        layout: layout.clone(),
+        pushes: Pushes::default(),
+        replays: Mutex::new(ReplayCache::new(http::REPLAY_CACHE)),
+        cfg: cfg.clone(),
+    });
+    let control = tokio::spawn(control::serve(control_listener, node.clone()));
     let fingerprint = ssh::fingerprint(&host_key);
     let ssh = tokio::spawn(ssh::serve(
         ssh_listener,
-        Arc::new(ssh::Shared {
-            engine: engine.clone(),
-            layout: layout.clone(),
-            authorized_keys: cfg.authorized_keys(),
-            domain: cfg.domain.clone(),
-            pushes,
-        }),
+        node.clone(),
         host_key,
         ssh::Limits::from_config(&cfg.ssh),
     ));
-    let cfg = Arc::new(cfg);
-    let upstream = Upstream::new(engine.clone(), layout.clone(), cfg.clone());
-    let api = Arc::new(http::Api::new(
-        engine.clone(),
-        upstream,
-        cfg.clone(),
-        layout.clone(),
-    ));
     let http = tokio::spawn(http::serve(
         http_listener,
-        http::router(api),
+        http::router(node.clone()),
         http::Limits::from_config(&cfg.http),
     ));
 

@@ -2,9 +2,11 @@
 //! `ssh://anyuser@node:2222/SITE`. Authentication is by public key only and
 //! the identity comes from the key whose signature was verified, never from
 //! a key merely offered. The only commands are `git-receive-pack` and
-//! `git-upload-pack` on a validated site name; both run the real git with
-//! the repository's absolute path, so nothing the client sends reaches a
-//! shell. Everything else (shells, ptys, forwarding, subsystems) is refused.
+//! `git-upload-pack` on a validated site name (the real git, on the
+//! repository's absolute path) and rsync's receiver for `toppcloud update`
+//! (its arguments built by the node, run as the site's account): nothing
+//! the client sends reaches a shell. Everything else (shells, ptys,
+//! forwarding, subsystems) is refused.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -23,23 +25,15 @@ use russh::{Channel, ChannelId, ChannelWriteHalf, MethodKind, MethodSet};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::engine::{DeployRequest, Engine, SiteTurn};
+use crate::engine::{DeployRequest, SiteTurn};
 use crate::layout::Layout;
 use crate::names::SiteName;
+use crate::node::Node;
 use crate::node::exec::Request;
 use crate::node::keys::{self, Identity};
 use crate::node::listen::{self, Gate, Pass, Throttle};
-use crate::node::push::Pushes;
-use crate::progress::Progress;
 
-/// What every connection shares.
-pub struct Shared {
-    pub engine: Arc<Engine>,
-    pub layout: Layout,
-    pub authorized_keys: PathBuf,
-    pub domain: crate::names::Domain,
-    pub pushes: Arc<Pushes>,
-}
+use crate::progress::Progress;
 
 /// Loads the host key, making one on first start.
 pub fn host_key(layout: &Layout) -> Result<PrivateKey> {
@@ -94,7 +88,7 @@ impl Limits {
 /// connection over a cap is closed before the handshake costs anything.
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
+    shared: Arc<Node>,
     key: PrivateKey,
     limits: Limits,
 ) {
@@ -153,7 +147,7 @@ async fn connection(
     peer: SocketAddr,
     pass: Pass,
     config: Arc<russh::server::Config>,
-    shared: Arc<Shared>,
+    shared: Arc<Node>,
     auth_timeout: Duration,
 ) {
     if let Err(e) = stream.set_nodelay(true) {
@@ -286,7 +280,7 @@ impl AsyncWrite for PreAuthStream {
 }
 
 pub struct Connection {
-    shared: Arc<Shared>,
+    shared: Arc<Node>,
     peer: SocketAddr,
     identity: Option<Identity>,
     /// Some until a key is verified.
@@ -326,7 +320,7 @@ impl russh::server::Handler for Connection {
     ) -> Result<Auth, Self::Error> {
         // Only says "go on and sign"; grants nothing.
         match keys::identify(
-            &self.shared.authorized_keys,
+            &self.shared.cfg.authorized_keys(),
             offer.public_key,
             self.peer.ip(),
         ) {
@@ -340,7 +334,11 @@ impl russh::server::Handler for Connection {
         _user: &str,
         key: VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
-        match keys::identify(&self.shared.authorized_keys, key.public_key, self.peer.ip()) {
+        match keys::identify(
+            &self.shared.cfg.authorized_keys(),
+            key.public_key,
+            self.peer.ip(),
+        ) {
             Some(id) => {
                 tracing::info!(peer = %self.peer, key = %id.name, fingerprint = %id.fingerprint, "ssh login");
                 self.identity = Some(id);
@@ -459,7 +457,7 @@ impl russh::server::Handler for Connection {
             return self.refuse(ch, session, "not authenticated");
         };
         let line = String::from_utf8_lossy(data).into_owned();
-        let request = match crate::node::exec::parse(&line, &self.shared.domain) {
+        let request = match crate::node::exec::parse(&line, &self.shared.cfg.domain) {
             Ok(x) => x,
             Err(message) => return self.refuse(ch, session, &message),
         };
@@ -512,7 +510,7 @@ impl russh::server::Handler for Connection {
 }
 
 struct GitJob {
-    shared: Arc<Shared>,
+    shared: Arc<Node>,
     identity: Identity,
     site: SiteName,
     repo: PathBuf,
