@@ -568,28 +568,99 @@ pub fn excluded(name: &str, is_dir: bool) -> bool {
     })
 }
 
+/// The services a node offers, by their app.ini names.
+pub const SERVICES: &[&str] = &["files", "postgresql", "postgis"];
+
+/// What the app asks of the node beyond running its code.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Services {
+    /// `service.files`: a persistent directory (`CONFIG_FILES`), and
+    /// `Some(path)` when the app also wants it linked at that path.
+    pub files: Option<Option<String>>,
+    /// `service.postgresql` or `service.postgis`: a database of the site's
+    /// own; `true` with PostGIS enabled in it.
+    pub postgres: Option<bool>,
+}
+
 impl AppIni {
-    /// What a node (and `toppcloud serve`) can do with this app.ini: an
-    /// error for what it cannot provide, warnings for what it ignores.
-    pub fn check_supported(&self) -> Result<Vec<String>, AppIniError> {
-        if let Some(s) = self.services.first() {
+    /// The services the app asks for, checked against what a node offers;
+    /// an error names the line. `packages` is refused here too: installing
+    /// system packages is the node admin's job, not a deploy's.
+    pub fn services(&self) -> Result<Services, AppIniError> {
+        if !self.packages.is_empty() {
             return Err(AppIniError {
-                line: Some(s.line),
+                line: None,
                 message: format!(
-                    "service.{} is not available yet (services are not supported)",
-                    s.name
+                    "packages = {}: a deploy cannot install system packages; ask the node's admin to install them, then remove the line",
+                    self.packages.join(" ")
                 ),
             });
         }
-        let mut warnings = Vec::new();
-        if !self.packages.is_empty() {
-            warnings.push(
-                "app.ini: packages is not supported (installing system packages is the node admin's job); ignored"
-                    .to_string(),
-            );
+        let mut out = Services::default();
+        for s in &self.services {
+            match s.name.as_str() {
+                "files" => {
+                    let value = s.value.trim();
+                    out.files = Some(if value.is_empty() {
+                        None
+                    } else {
+                        Some(files_link(value).map_err(|m| AppIniError::at(s.line, m))?)
+                    });
+                }
+                "postgresql" => {
+                    out.postgres = Some(out.postgres.unwrap_or(false));
+                }
+                "postgis" => out.postgres = Some(true),
+                other => {
+                    return Err(AppIniError::at(
+                        s.line,
+                        format!(
+                            "service.{other} is not offered by this node (it offers {})",
+                            SERVICES.join(", ")
+                        ),
+                    ));
+                }
+            }
         }
-        Ok(warnings)
+        Ok(out)
     }
+}
+
+/// Checks `service.files = PATH`: a relative path inside the app, not under
+/// `static/` (Apache would serve the app's data), normalised.
+fn files_link(value: &str) -> Result<String, String> {
+    let path = Path::new(value);
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+            std::path::Component::CurDir => {}
+            _ => {
+                return Err(format!(
+                    "service.files = {value}: the path must stay inside the app (relative, no ..)"
+                ));
+            }
+        }
+    }
+    if parts.is_empty() {
+        return Err(format!(
+            "service.files = {value}: names no path inside the app"
+        ));
+    }
+    if parts[0] == "static" {
+        return Err(format!(
+            "service.files = {value}: not under static/ (Apache serves everything there to anyone)"
+        ));
+    }
+    if parts
+        .iter()
+        .any(|p| excluded(p, true) || p.starts_with('.'))
+    {
+        return Err(format!(
+            "service.files = {value}: a hidden or excluded name cannot hold the app's files"
+        ));
+    }
+    Ok(parts.join("/"))
 }
 
 /// How the shim finds the app's WSGI callable (the shape tomllib reads).

@@ -743,9 +743,7 @@ impl Engine {
         for w in &warnings {
             progress.say(format!("warning: {w}"));
         }
-        for w in ini.check_supported().map_err(DeployError::AppIni)? {
-            progress.say(format!("warning: {w}"));
-        }
+        let _services = ini.services().map_err(DeployError::AppIni)?;
 
         // Build: the app is sealed first (the build reads it as the site's
         // account and must not change it), then its venv is built as that

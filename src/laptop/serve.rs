@@ -153,8 +153,9 @@ fn load_runner(root: &Path) -> Result<RunnerSpec> {
     for w in &warnings {
         eprintln!("warning: {w}");
     }
-    for w in ini.check_supported().map_err(anyhow::Error::new)? {
-        eprintln!("warning: {w}");
+    let services = ini.services().map_err(anyhow::Error::new)?;
+    if services != crate::app_ini::Services::default() {
+        bail!("app.ini asks for services (service.*), which toppcloud serve does not provide yet");
     }
     Ok(RunnerSpec::from(&ini.runner))
 }
