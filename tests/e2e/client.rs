@@ -324,7 +324,7 @@ fn serve_refuses_what_the_node_refuses() {
     app.file("app.ini", "[production]\napp_name = bad\nservice.mysql =\n");
     serve_run(&app.path)
         .failure()
-        .stderr_has("app.ini:3: service.mysql is not available");
+        .stderr_has("app.ini:3: service.mysql is not offered");
 
     app.remove("app.ini");
     serve_run(&app.path)

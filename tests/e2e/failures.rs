@@ -101,15 +101,31 @@ fn app_ini_errors_name_the_line() {
 }
 
 #[test]
-fn services_are_refused_by_name() {
+fn unknown_services_and_packages_are_refused_with_the_reason() {
     let (node, app) = node_with_two_releases();
     app.file(
         "app.ini",
-        "[production]\napp_name = blog\nversion = 1\nservice.postgis =\n",
+        "[production]\napp_name = blog\nversion = 1\nservice.mysql =\n",
+    );
+    node.deploy("blog", &app).failure().stderr_has(
+        "app.ini:4: service.mysql is not offered by this node (it offers files, postgresql, postgis)",
+    );
+    assert_untouched(&node);
+    app.file(
+        "app.ini",
+        "[production]\napp_name = blog\nversion = 1\npackages = libxml2\n",
     );
     node.deploy("blog", &app)
         .failure()
-        .stderr_has("app.ini:4: service.postgis is not available");
+        .stderr_has("packages = libxml2: a deploy cannot install system packages");
+    assert_untouched(&node);
+    app.file(
+        "app.ini",
+        "[production]\napp_name = blog\nversion = 1\nservice.files = static/data\n",
+    );
+    node.deploy("blog", &app)
+        .failure()
+        .stderr_has("app.ini:4: service.files = static/data: not under static/");
     assert_untouched(&node);
 }
 
