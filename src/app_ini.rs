@@ -25,6 +25,9 @@ pub struct AppIni {
     pub runner: Runner,
     /// URL paths requested after each update, e.g. "/update".
     pub update_fetch: Vec<String>,
+    /// `update_fetch` lines of the form `script:FILE ARGS...`: commands run
+    /// in the release's environment before any request reaches it.
+    pub release_tasks: Vec<ReleaseTask>,
     /// Not checked here: the caller knows the default domain to validate it against.
     pub default_host: Option<String>,
     pub packages: Vec<String>,
@@ -43,6 +46,22 @@ pub enum Runner {
     },
     /// Files only, no code.
     Static,
+}
+
+/// One `script:` entry of `update_fetch` (Silver Lining's form): a file of
+/// the app and its arguments, split as a shell would, run by no shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseTask {
+    pub line: usize,
+    /// The file, relative to the app (checked to exist), then its arguments.
+    pub argv: Vec<String>,
+}
+
+impl ReleaseTask {
+    /// How app.ini spells it, for messages.
+    pub fn shown(&self) -> String {
+        format!("script:{}", self.argv.join(" "))
+    }
 }
 
 /// One `service.NAME = value` line.
@@ -306,6 +325,7 @@ fn interpret(
     let mut version = None;
     let mut runner = None;
     let mut update_fetch = Vec::new();
+    let mut release_tasks = Vec::new();
     let mut default_host = None;
     let mut packages = Vec::new();
     let mut services = Vec::new();
@@ -325,7 +345,9 @@ fn interpret(
                 let (line, value) = entry.single()?;
                 runner = Some(parse_runner(value, line, file_exists)?);
             }
-            "update_fetch" => update_fetch = parse_update_fetch(entry)?,
+            "update_fetch" => {
+                (update_fetch, release_tasks) = parse_update_fetch(entry, file_exists)?;
+            }
             "default_host" => default_host = Some(entry.single()?.1.to_owned()),
             "packages" => {
                 packages = entry
@@ -377,6 +399,7 @@ fn interpret(
         version,
         runner,
         update_fetch,
+        release_tasks,
         default_host,
         packages,
         services,
@@ -498,26 +521,65 @@ fn is_python_dotted_name(name: &str) -> bool {
     })
 }
 
-fn parse_update_fetch(entry: &Entry) -> Result<Vec<String>, AppIniError> {
-    entry
-        .list()?
-        .into_iter()
-        .map(|(line, item)| {
-            if item.starts_with("script:") {
-                Err(AppIniError::at(
-                    line,
-                    format!("update_fetch: {item:?} is not supported (only URL paths)"),
-                ))
-            } else if !item.starts_with('/') {
-                Err(AppIniError::at(
-                    line,
-                    format!("update_fetch: {item:?} must be a URL path starting with \"/\""),
-                ))
-            } else {
-                Ok(item.to_owned())
+/// `update_fetch`: URL paths, and `script:` lines (each a whole line).
+fn parse_update_fetch(
+    entry: &Entry,
+    file_exists: &dyn Fn(&str) -> bool,
+) -> Result<(Vec<String>, Vec<ReleaseTask>), AppIniError> {
+    if entry.value_lines.iter().all(|(_, v)| v.is_empty()) {
+        return Err(AppIniError::at(entry.line, "update_fetch is empty"));
+    }
+    let mut paths = Vec::new();
+    let mut tasks = Vec::new();
+    for (line, value) in &entry.value_lines {
+        let value = value.trim();
+        if value.is_empty() || value.starts_with('#') {
+            continue;
+        }
+        if let Some(command) = value.strip_prefix("script:") {
+            let argv = shell_words::split(command)
+                .map_err(|e| AppIniError::at(*line, format!("update_fetch: {value:?}: {e}")))?;
+            let Some(file) = argv.first() else {
+                return Err(AppIniError::at(
+                    *line,
+                    "update_fetch: script: names no file (script:manage.py migrate)",
+                ));
+            };
+            let path = Path::new(file);
+            let inside = path.components().all(|c| {
+                matches!(
+                    c,
+                    std::path::Component::Normal(_) | std::path::Component::CurDir
+                )
+            });
+            if !inside {
+                return Err(AppIniError::at(
+                    *line,
+                    format!("update_fetch: script:{file}: the file must be inside the app"),
+                ));
             }
-        })
-        .collect()
+            if !file_exists(file) {
+                return Err(AppIniError::at(
+                    *line,
+                    format!("update_fetch: script:{file}: no such file in the app"),
+                ));
+            }
+            tasks.push(ReleaseTask { line: *line, argv });
+            continue;
+        }
+        for item in value.split_whitespace() {
+            if !item.starts_with('/') {
+                return Err(AppIniError::at(
+                    *line,
+                    format!(
+                        "update_fetch: {item:?} must be a URL path starting with \"/\" or script:FILE"
+                    ),
+                ));
+            }
+            paths.push(item.to_owned());
+        }
+    }
+    Ok((paths, tasks))
 }
 
 /// What is never part of an app: version control, local virtualenvs,
@@ -749,6 +811,7 @@ mod tests {
                 object: "application".to_owned(),
             },
             update_fetch: vec![],
+            release_tasks: vec![],
             default_host: None,
             packages: vec![],
             services: vec![],
@@ -786,6 +849,7 @@ service.files = size=10M
                     object: "app".to_owned(),
                 },
                 update_fetch: vec!["/update".to_owned()],
+                release_tasks: vec![],
                 default_host: Some("blog.example.com".to_owned()),
                 packages: vec!["libxml2".to_owned(), "libxslt1.1".to_owned()],
                 services: vec![
@@ -917,6 +981,41 @@ packages = one
     fn list_value_hash_lines_ignored() {
         let app = ok("[production]\napp_name = blog\npackages = #none yet\n");
         assert_eq!(app.packages, Vec::<String>::new());
+    }
+
+    #[test]
+    fn script_entries_are_release_tasks() {
+        let (app, _) = AppIni::parse(
+            "[production]\napp_name = blog\nupdate_fetch = script:manage.py migrate --noinput\n  /warmup /other\n  script:tasks/seed.py \"a b\"\n",
+            &|f: &str| f == "manage.py" || f == "tasks/seed.py" || f == DEFAULT_RUNNER,
+        )
+        .unwrap();
+        assert_eq!(app.update_fetch, ["/warmup", "/other"]);
+        assert_eq!(app.release_tasks.len(), 2);
+        assert_eq!(
+            app.release_tasks[0].argv,
+            ["manage.py", "migrate", "--noinput"]
+        );
+        assert_eq!(app.release_tasks[0].line, 3);
+        assert_eq!(app.release_tasks[1].argv, ["tasks/seed.py", "a b"]);
+        let missing = AppIni::parse(
+            "[production]\napp_name = blog\nupdate_fetch = script:nope.py\n",
+            &|f: &str| f == DEFAULT_RUNNER,
+        )
+        .unwrap_err();
+        assert_eq!(
+            missing.to_string(),
+            "app.ini:3: update_fetch: script:nope.py: no such file in the app"
+        );
+        let outside = AppIni::parse(
+            "[production]\napp_name = blog\nupdate_fetch = script:../x.py\n",
+            &|_: &str| true,
+        )
+        .unwrap_err();
+        assert!(
+            outside.to_string().contains("must be inside the app"),
+            "{outside}"
+        );
     }
 
     #[test]
@@ -1242,11 +1341,7 @@ packages = one
     fn update_fetch_rules() {
         assert_eq!(
             err("[production]\napp_name = blog\nupdate_fetch =\n  /ok\n  update\n"),
-            "app.ini:5: update_fetch: \"update\" must be a URL path starting with \"/\""
-        );
-        assert_eq!(
-            err("[production]\napp_name = blog\nupdate_fetch = script:bin/update.py\n"),
-            "app.ini:3: update_fetch: \"script:bin/update.py\" is not supported (only URL paths)"
+            "app.ini:5: update_fetch: \"update\" must be a URL path starting with \"/\" or script:FILE"
         );
         assert_eq!(
             err("[production]\napp_name = blog\nupdate_fetch =\n\n"),

@@ -250,6 +250,10 @@ pub fn check_app_ini(text: &str, main_py: bool, other_files: bool) {
             "{path:?}"
         );
     }
+    for task in &app.release_tasks {
+        let file = task.argv.first().expect("a task names a file");
+        assert!(is_safe_relative(file) && exists(file), "{file:?}");
+    }
     for package in &app.packages {
         assert!(
             !package.is_empty() && !package.contains(char::is_whitespace),
@@ -302,8 +306,19 @@ fn render_app_ini(app: &AppIni) -> String {
         Runner::Static => "static".into(),
     };
     out.push_str(&format!("runner = {runner}\n"));
-    if !app.update_fetch.is_empty() {
-        out.push_str(&format!("update_fetch = {}\n", app.update_fetch.join(" ")));
+    if !app.update_fetch.is_empty() || !app.release_tasks.is_empty() {
+        out.push_str("update_fetch =\n");
+        for task in &app.release_tasks {
+            let words: Vec<String> = task
+                .argv
+                .iter()
+                .map(|w| shell_words::quote(w).into_owned())
+                .collect();
+            out.push_str(&format!("    script:{}\n", words.join(" ")));
+        }
+        if !app.update_fetch.is_empty() {
+            out.push_str(&format!("    {}\n", app.update_fetch.join(" ")));
+        }
     }
     if let Some(host) = &app.default_host {
         out.push_str(&format!("default_host = {host}\n"));
