@@ -17,6 +17,7 @@ pub mod build;
 pub mod git;
 pub mod queue;
 pub mod release;
+pub mod services;
 pub mod state;
 pub mod tree;
 pub mod upstream;
