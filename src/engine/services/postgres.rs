@@ -723,8 +723,14 @@ impl Postgres {
         let bins = Binaries::newest("psql")?;
         let run_as = if accounts::isolating() {
             Some(cluster_account()?)
-        } else {
+        } else if accounts::current()?.name == CLUSTER_ACCOUNT {
             None
+        } else {
+            bail!(
+                "[services.postgresql] mode = \"system\" needs a node run as root: it \
+                 administers Debian's cluster as the {CLUSTER_ACCOUNT} account\nhint: run the node \
+                 as root, or use mode = \"private\" (a cluster of the node's own)"
+            );
         };
         Ok(Postgres {
             admin: Admin {
@@ -1137,9 +1143,11 @@ fn setup_sql(
     let comment = quote_literal(marker);
     let mut sql = String::new();
     if role == Found::None {
+        // INHERIT (the default) it must keep: the public schema of its
+        // database is the database owner's through pg_database_owner.
         sql.push_str(&format!(
-            "CREATE ROLE {ident} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOINHERIT \
-             NOREPLICATION NOBYPASSRLS;\n\
+            "CREATE ROLE {ident} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION \
+             NOBYPASSRLS;\n\
              COMMENT ON ROLE {ident} IS {comment};\n"
         ));
     }
