@@ -57,28 +57,48 @@ pub fn check_prefix(prefix: &str) -> Result<()> {
 /// Looks an account up in the system's user database.
 pub fn lookup(name: &str) -> Result<Option<Account>> {
     let cname = CString::new(name).context("account name contains a NUL byte")?;
+    // SAFETY: getpwnam_r's arguments are the ones `getpw` hands it.
+    getpw(&format!("account {name}"), |pwd, buf, len, result| unsafe {
+        libc::getpwnam_r(cname.as_ptr(), pwd, buf, len, result)
+    })
+}
+
+/// The account the node itself runs as (its effective uid).
+pub fn current() -> Result<Account> {
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    // SAFETY: getpwuid_r's arguments are the ones `getpw` hands it.
+    getpw(&format!("uid {uid}"), |pwd, buf, len, result| unsafe {
+        libc::getpwuid_r(uid, pwd, buf, len, result)
+    })?
+    .with_context(|| format!("uid {uid} has no entry in the user database"))
+}
+
+/// Runs one of the `getpw*_r` calls with a buffer of its own and reads
+/// the entry it found.
+fn getpw(
+    what: &str,
+    call: impl FnOnce(
+        *mut libc::passwd,
+        *mut libc::c_char,
+        libc::size_t,
+        *mut *mut libc::passwd,
+    ) -> libc::c_int,
+) -> Result<Option<Account>> {
     let mut buf = vec![0u8; 16 * 1024];
-    // SAFETY: passwd is plain data; getpwnam_r fills it and points its
+    // SAFETY: passwd is plain data; the call fills it and points its
     // strings into `buf`, which outlives every use below.
     let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
     let mut result: *mut libc::passwd = std::ptr::null_mut();
-    let rc = unsafe {
-        libc::getpwnam_r(
-            cname.as_ptr(),
-            &mut pwd,
-            buf.as_mut_ptr().cast(),
-            buf.len(),
-            &mut result,
-        )
-    };
+    let rc = call(&mut pwd, buf.as_mut_ptr().cast(), buf.len(), &mut result);
     if rc != 0 {
         return Err(std::io::Error::from_raw_os_error(rc))
-            .with_context(|| format!("cannot look up account {name}"));
+            .with_context(|| format!("cannot look up {what}"));
     }
     if result.is_null() {
         return Ok(None);
     }
-    // SAFETY: getpwnam_r succeeded, so pw_name is a valid C string in buf.
+    // SAFETY: the call succeeded, so pw_name is a valid C string in buf.
     let found = unsafe { CStr::from_ptr(pwd.pw_name) }
         .to_string_lossy()
         .into_owned();
@@ -162,5 +182,8 @@ mod tests {
         assert_eq!(root.uid, 0);
         assert!(refuse_privileged(root).is_err());
         assert_eq!(lookup("no-such-account-here").unwrap(), None);
+        let me = current().unwrap();
+        assert_eq!(me.uid, unsafe { libc::geteuid() });
+        assert_eq!(lookup(&me.name).unwrap(), Some(me));
     }
 }

@@ -21,6 +21,8 @@ pub struct NodeConfig {
     pub apache: ApacheConfig,
     pub build: BuildConfig,
     pub ssh: SshConfig,
+    /// What sites may ask for besides serving: `[services.postgresql]`.
+    pub services: ServicesConfig,
     /// Per-site settings as written (`[sites.blog]`, `[sites."blog.example.com"]`).
     #[serde(rename = "sites")]
     site_settings: BTreeMap<String, SiteConfig>,
@@ -102,6 +104,85 @@ impl Secret {
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServicesConfig {
+    pub postgresql: PostgresConfig,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PostgresMode {
+    /// A cluster of the node's own under `<data_dir>/postgresql`, started
+    /// and stopped with the node.
+    Private,
+    /// Debian's cluster (`main`, port 5432), run by the system; the node
+    /// administers it as the `postgres` account.
+    System,
+}
+
+/// Where the sites' databases live. Without `url`, on a cluster the node
+/// administers as the `postgres` account (`mode`); with `url`, on an
+/// existing cluster reached as an admin role whose password is in
+/// `password_file`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// `private` (the default) or `system`.
+    pub mode: Option<PostgresMode>,
+    /// The cluster's port. Private: 0 (the default) picks a free port once
+    /// and keeps it; system: Debian's 5432 unless set.
+    pub port: Option<u16>,
+    /// An existing cluster: `postgresql://ADMIN@HOST[:PORT][/DB][?sslmode=...]`
+    /// (no password here). The admin role needs CREATEROLE and CREATEDB
+    /// (and to be a superuser for `postgis`, unless the extension is there).
+    pub url: Option<String>,
+    /// The admin's password, alone in a file only its owner can read.
+    pub password_file: Option<PathBuf>,
+}
+
+impl PostgresConfig {
+    pub fn mode(&self) -> PostgresMode {
+        self.mode.unwrap_or(PostgresMode::Private)
+    }
+
+    /// Refuses settings that contradict each other, naming the key.
+    fn check(&self) -> Result<()> {
+        let here = "[services.postgresql]";
+        match &self.url {
+            Some(url) => {
+                crate::engine::services::postgres::AdminUrl::parse(url)
+                    .with_context(|| format!("{here} url"))?;
+                if self.mode.is_some() || self.port.is_some() {
+                    bail!(
+                        "{here}: url names an existing cluster; mode and port are for a cluster \
+                         the node administers itself, so leave them out"
+                    );
+                }
+                match &self.password_file {
+                    None => bail!(
+                        "{here}: url needs password_file = \"/path\": a file (mode 600) holding \
+                         the admin's password, which never goes in the config"
+                    ),
+                    Some(p) if p.is_relative() => {
+                        bail!("{here}: password_file must be an absolute path")
+                    }
+                    Some(_) => {}
+                }
+            }
+            None => {
+                if self.password_file.is_some() {
+                    bail!(
+                        "{here}: password_file is the password of the admin role in url, \
+                         and url is not set"
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -200,6 +281,7 @@ impl Default for NodeConfig {
             apache: ApacheConfig::default(),
             build: BuildConfig::default(),
             ssh: SshConfig::default(),
+            services: ServicesConfig::default(),
             site_settings: BTreeMap::new(),
             sites: BTreeMap::new(),
             stop_timeout: 30,
@@ -348,6 +430,7 @@ impl NodeConfig {
             file.is_file().then_some(file)
         });
         cfg.check_limits()?;
+        cfg.services.postgresql.check()?;
         cfg.sites = normalise_sites(std::mem::take(&mut cfg.site_settings), &cfg.domain)?;
         Ok(cfg)
     }
@@ -692,6 +775,74 @@ mod tests {
             format!("{err:#}").contains("[build] find_links: wheels is not an absolute path"),
             "{err:#}"
         );
+    }
+
+    #[test]
+    fn postgresql_defaults_to_a_private_cluster_on_a_free_port() {
+        let cfg = resolved("").unwrap();
+        let pg = &cfg.services.postgresql;
+        assert_eq!(pg.mode(), PostgresMode::Private);
+        assert_eq!(pg.port, None);
+        assert!(pg.url.is_none() && pg.password_file.is_none());
+
+        let cfg = resolved("[services.postgresql]\nmode = \"system\"\nport = 5433\n").unwrap();
+        assert_eq!(cfg.services.postgresql.mode(), PostgresMode::System);
+        assert_eq!(cfg.services.postgresql.port, Some(5433));
+    }
+
+    #[test]
+    fn postgresql_keys_for_an_existing_cluster() {
+        let cfg = resolved(
+            r#"
+            [services.postgresql]
+            url = "postgresql://toppcloud@db.example.com:5433/"
+            password_file = "/etc/toppcloud/postgresql-password"
+            "#,
+        )
+        .unwrap();
+        let pg = &cfg.services.postgresql;
+        assert_eq!(
+            pg.url.as_deref(),
+            Some("postgresql://toppcloud@db.example.com:5433/")
+        );
+        assert_eq!(
+            pg.password_file.as_deref(),
+            Some(Path::new("/etc/toppcloud/postgresql-password"))
+        );
+    }
+
+    #[test]
+    fn contradictory_postgresql_keys_are_refused() {
+        let cases = [
+            (
+                "url = \"postgresql://admin@db:5432/\"\n",
+                "url needs password_file",
+            ),
+            (
+                "url = \"postgresql://admin@db/\"\npassword_file = \"pw\"\n",
+                "password_file must be an absolute path",
+            ),
+            (
+                "url = \"postgresql://admin:hunter2@db/\"\npassword_file = \"/pw\"\n",
+                "put it in password_file",
+            ),
+            (
+                "url = \"mysql://admin@db/\"\npassword_file = \"/pw\"\n",
+                "postgresql://",
+            ),
+            (
+                "url = \"postgresql://admin@db/\"\npassword_file = \"/pw\"\nport = 5433\n",
+                "mode and port are for a cluster",
+            ),
+            ("password_file = \"/pw\"\n", "url is not set"),
+            ("mode = \"elsewhere\"\n", "unknown variant"),
+            ("pasword_file = \"/pw\"\n", "pasword_file"),
+        ];
+        for (body, expected) in cases {
+            let err = resolved(&format!("[services.postgresql]\n{body}")).unwrap_err();
+            let text = format!("{err:#}");
+            assert!(text.contains(expected), "{body}: {text}");
+        }
     }
 
     #[test]

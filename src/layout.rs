@@ -98,4 +98,14 @@ impl Layout {
     pub fn routes_map(&self) -> PathBuf {
         self.apache_dir().join("routes.map")
     }
+    /// The node's private PostgreSQL cluster: its data, socket and log.
+    pub fn postgres_dir(&self) -> PathBuf {
+        self.root.join("postgresql")
+    }
+    /// Credentials the node made for its sites' services (root's, 0700),
+    /// apart from the sites' own directories so that nothing which tidies
+    /// those ever takes a password the services still know.
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.root.join("secrets")
+    }
 }

@@ -18,6 +18,7 @@ pub mod git;
 pub mod pool;
 pub mod queue;
 pub mod release;
+pub mod services;
 pub mod state;
 pub mod tree;
 pub mod upstream;
