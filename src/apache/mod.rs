@@ -30,13 +30,8 @@ const NOT_FOUND: &str = include_str!("../../server-files/errors/404.html");
 const INSTALL_HINT: &str =
     "hint: apt-get install apache2 libapache2-mod-wsgi-py3 (or run provisioning/install-deps)";
 
-const CHECK_SUFFIX: &str = ".check.toppcloud.invalid";
-
-/// The host name that reaches one slot directly: only from loopback, and
-/// only with the node's secret (see `CHECK_HEADER`).
-pub fn check_host(slot: Slot) -> String {
-    format!("{slot}{CHECK_SUFFIX}")
-}
+/// With `CHECK_HEADER`, names the slot a check request goes to.
+const SLOT_HEADER: &str = "X-Toppcloud-Slot";
 
 /// One mod_wsgi daemon group of the pool: `s007` in Apache's configuration
 /// (group `tc_s007`), in the route map and in a site's state. The pool is
@@ -269,6 +264,7 @@ impl Apache {
             )
             .replace("{{VHOST}}", &vhost)
             .replace("{{CHECK_HEADER}}", CHECK_HEADER)
+            .replace("{{SLOT_HEADER}}", SLOT_HEADER)
             .replace("{{CHECK_TOKEN}}", &self.check_token)
     }
 
@@ -489,14 +485,27 @@ impl Apache {
         Ok(())
     }
 
-    /// A request through Apache as the node's own client; to a check host
-    /// it carries the node's secret, without which Apache refuses it.
+    /// A request through Apache as the node's own client, routed by `host`
+    /// like any other.
     pub async fn get(&self, host: &str, path: &str, timeout: Duration) -> Result<probe::Response> {
-        let extra = if host.ends_with(CHECK_SUFFIX) {
-            vec![format!("{CHECK_HEADER}: {}", self.check_token)]
-        } else {
-            Vec::new()
-        };
+        Ok(probe::get(self.probe_addr(), host, path, &[], timeout).await?)
+    }
+
+    /// A request to one slot, whatever the route map says, with `host` as
+    /// its Host (the site's real name): how the node loads and checks a
+    /// release before any public host routes to it. It carries the node's
+    /// secret, without which Apache routes it as usual.
+    pub async fn get_slot(
+        &self,
+        slot: Slot,
+        host: &str,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<probe::Response> {
+        let extra = [
+            format!("{CHECK_HEADER}: {}", self.check_token),
+            format!("{SLOT_HEADER}: {slot}"),
+        ];
         Ok(probe::get(self.probe_addr(), host, path, &extra, timeout).await?)
     }
 

@@ -19,6 +19,7 @@ pub mod pool;
 pub mod queue;
 pub mod release;
 pub mod services;
+pub mod settings;
 pub mod state;
 pub mod tree;
 pub mod upstream;
@@ -62,6 +63,9 @@ pub struct DeployRequest {
     /// The deploy record of a caller that keeps its own (an upstream deploy,
     /// queued before its fetch); None: the engine opens one.
     pub record: Option<String>,
+    /// Config vars to deploy with instead of the stored ones (a config
+    /// change on its way; stored once it is live).
+    pub config: Option<BTreeMap<String, String>>,
 }
 
 /// Why a deploy failed. What the user can fix (their tree, app.ini, their
@@ -81,6 +85,12 @@ pub enum DeployError {
     /// The release did not load or did not answer as it must.
     #[error("{0:#}")]
     Check(anyhow::Error),
+    /// A service the app asked for could not be given (its database...).
+    #[error("{0:#}")]
+    Service(anyhow::Error),
+    /// A release task (`update_fetch = script:...`) failed.
+    #[error("{0:#}")]
+    Task(anyhow::Error),
     /// Something on the node: files, slots, Apache, the switch.
     #[error("{0:#}")]
     Node(anyhow::Error),
@@ -156,6 +166,10 @@ pub struct Engine {
     pool_growth: tokio::sync::Mutex<()>,
     /// Every deploy, whatever door it came through.
     deploys: Arc<Registry>,
+    /// Config vars and secrets of the sites.
+    settings: settings::Settings,
+    /// The PostgreSQL cluster sites' databases live on, once one asked.
+    postgres: tokio::sync::Mutex<Option<services::postgres::Postgres>>,
 }
 
 struct NodeState {
@@ -224,6 +238,8 @@ fn clone_error(e: &DeployError) -> DeployError {
         DeployError::AppIni(e) => DeployError::AppIni(e.clone()),
         DeployError::Build(e) => DeployError::Build(again(e)),
         DeployError::Check(e) => DeployError::Check(again(e)),
+        DeployError::Service(e) => DeployError::Service(again(e)),
+        DeployError::Task(e) => DeployError::Task(again(e)),
         DeployError::Node(e) => DeployError::Node(again(e)),
     }
 }
@@ -273,6 +289,7 @@ impl Engine {
             cells += cfg.apache.cells;
         }
         Ok(Engine {
+            settings: settings::Settings::new(&layout.secrets_dir()),
             apache: Apache::new(cfg.apache.clone(), layout.clone()),
             builder: Builder::new(cfg.build.clone(), layout.clone()),
             layout,
@@ -284,6 +301,7 @@ impl Engine {
             turns: Mutex::new(HashMap::new()),
             pool_growth: tokio::sync::Mutex::new(()),
             deploys: Arc::new(Registry::new()),
+            postgres: tokio::sync::Mutex::new(None),
             cfg,
         })
     }
@@ -342,6 +360,7 @@ impl Engine {
                     origin,
                     sha: Some(sha.to_string()),
                     record,
+                    config: None,
                 };
                 self.deploy_in_turn(turn, req, progress).await
             }
@@ -352,6 +371,7 @@ impl Engine {
                     origin,
                     sha: Some(sha.to_string()),
                     record,
+                    config: None,
                 };
                 let record = self.record_for(&req);
                 let error = DeployError::Node(e.context(format!("cannot export {sha}")));
@@ -532,6 +552,7 @@ impl Engine {
         if let Err(e) = self.apache.stop().await {
             tracing::warn!("stopping Apache: {e:#}");
         }
+        self.stop_services().await;
     }
 
     /// Where users reach `host` on this node.
@@ -595,6 +616,76 @@ impl Engine {
         let record = self.record_for(&req);
         let progress = record.progress(progress, &self.deploys);
         self.run_recorded(turn, req, record, &progress).await
+    }
+
+    /// The site's config vars (names and values; callers show values only
+    /// when asked).
+    pub fn config_vars(&self, site: &SiteName) -> Result<BTreeMap<String, String>> {
+        self.settings.vars(site)
+    }
+
+    /// Changes config vars: a new release of the live code with the new
+    /// environment, through the whole pipeline (checked before the switch,
+    /// recorded with who changed which names, never with values). The new
+    /// values are stored once they are live.
+    pub async fn configure(
+        &self,
+        site: &SiteName,
+        change: &settings::ConfigChange,
+        by: &str,
+        progress: &Progress,
+    ) -> Result<Deployed, Failed> {
+        let verb = match change {
+            settings::ConfigChange::Set(_) => "set",
+            settings::ConfigChange::Unset(_) => "unset",
+        };
+        let origin = format!("config {verb} {} by {by}", change.names().join(", "));
+        let record = Record {
+            id: self
+                .deploys
+                .open(site, origin.clone(), release::now_rfc3339()),
+            own: true,
+        };
+        let progress = record.progress(progress, &self.deploys);
+        let turn = self.turn(site, &progress).await;
+        let live = {
+            let st = self.state();
+            st.sites.get(site).and_then(|s| {
+                let live = s.live.as_ref()?;
+                Some((
+                    live.release,
+                    s.record(live.release).and_then(|r| r.sha.clone()),
+                ))
+            })
+        };
+        let Some((live, sha)) = live else {
+            let e = anyhow::anyhow!("{site} has no live release yet: deploy it first");
+            return self.close_record(&record, &Err(DeployError::Source(e)));
+        };
+        let vars = match self.settings.vars(site) {
+            Ok(v) => change.apply(&v),
+            Err(e) => return self.close_record(&record, &Err(DeployError::Node(e))),
+        };
+        progress.say(format!(
+            "-----> {origin}: a new release of release {live}'s code"
+        ));
+        let req = DeployRequest {
+            site: site.clone(),
+            source: release::app_dir(&self.layout.release_dir(site, live)),
+            origin,
+            sha,
+            // The record is this function's own: run_recorded starts and
+            // finishes it.
+            record: None,
+            config: Some(vars.clone()),
+        };
+        let result = self.run_recorded(&turn, req, record, &progress).await;
+        if result.is_ok()
+            && let Err(e) = self.settings.save_vars(site, &vars)
+        {
+            tracing::error!(site = %site, "config vars are live but could not be stored: {e:#}");
+        }
+        result
     }
 
     /// The request's own record, or a new one the engine keeps.
@@ -736,7 +827,7 @@ impl Engine {
             .map_err(DeployError::Node)?;
         let gid = account.as_ref().map(|a| a.gid);
         let app_dir = release::app_dir(&dir);
-        let files = self.stage(&req.source, &dir).await?;
+        let files = self.stage(site, &req.source, &dir).await?;
         progress.say(format!("-----> staged {files} files"));
 
         // app.ini
@@ -744,7 +835,20 @@ impl Engine {
         for w in &warnings {
             progress.say(format!("warning: {w}"));
         }
-        let _services = ini.services().map_err(DeployError::AppIni)?;
+        let services = ini.services().map_err(DeployError::AppIni)?;
+
+        // What the app gets besides its code: its environment, its services.
+        let env = self
+            .environment(
+                site,
+                id,
+                &app_dir,
+                &services,
+                account.as_ref(),
+                req,
+                progress,
+            )
+            .await?;
 
         // Build: the app is sealed first (the build reads it as the site's
         // account and must not change it), then its venv is built as that
@@ -761,10 +865,6 @@ impl Engine {
             .build(&app_dir, &dir, &who, progress)
             .await
             .map_err(DeployError::Build)?;
-        let mut env = BTreeMap::new();
-        env.insert("SITE".to_string(), site.to_string());
-        env.insert("CANONICAL_HOST".to_string(), site.to_string());
-        env.insert("TOPPCLOUD".to_string(), NODE_VERSION.to_string());
         let created = release::now_rfc3339();
         ReleaseFile {
             id: id.get(),
@@ -776,11 +876,18 @@ impl Engine {
             sha: req.sha.clone(),
             venv: lease.key().to_string(),
             runner: RunnerSpec::from(&ini.runner),
-            env,
+            env: env.clone(),
         }
         .write(&dir)
         .and_then(|()| seal_release_dir(&dir, gid))
         .map_err(DeployError::Node)?;
+
+        // Release tasks (migrations), before any request reaches the release.
+        for task in &ini.release_tasks {
+            self.run_task(task, &dir, &env, site, account.as_ref(), progress)
+                .await
+                .map_err(DeployError::Task)?;
+        }
 
         // Load into a spare slot, warm, before any public host points at it.
         let slot = self.claim_spare(site).map_err(DeployError::Node)?;
@@ -832,9 +939,165 @@ impl Engine {
         })
     }
 
+    /// The release's environment: the node's names, the site's secret, its
+    /// services (made on first use, kept after), its temporary directory
+    /// and its config vars (`overrides`, when a config change is being
+    /// deployed, replaces the stored ones). A `service.files` link is made
+    /// in the app here, before the app is sealed.
+    #[allow(clippy::too_many_arguments)]
+    async fn environment(
+        &self,
+        site: &SiteName,
+        id: ReleaseId,
+        app_dir: &Path,
+        services: &crate::app_ini::Services,
+        account: Option<&Account>,
+        req: &DeployRequest,
+        progress: &Progress,
+    ) -> Result<BTreeMap<String, String>, DeployError> {
+        let node = DeployError::Node;
+        let owner = account.map(|a| (a.uid, a.gid));
+        let mut env = BTreeMap::new();
+        env.insert("SITE".to_string(), site.to_string());
+        env.insert("CANONICAL_HOST".to_string(), site.to_string());
+        env.insert("TOPPCLOUD".to_string(), NODE_VERSION.to_string());
+        let secret = self.settings.secret(site).map_err(node)?;
+        env.insert("CONFIG_SECRET".to_string(), secret);
+
+        // A temporary directory of the release's own: every deploy starts
+        // with an empty one.
+        let tmp_root = self.layout.site_dir(site).join("tmp");
+        create_dir(&tmp_root, 0o711, None).map_err(node)?;
+        let tmp = tmp_root.join(id.to_string());
+        let _ = std::fs::remove_dir_all(&tmp);
+        create_dir(&tmp, 0o700, owner).map_err(node)?;
+        env.insert("TEMP".to_string(), tmp.display().to_string());
+        env.insert("TMPDIR".to_string(), tmp.display().to_string());
+
+        if let Some(link) = &services.files {
+            let files = self.layout.site_dir(site).join("files");
+            create_dir(&files, 0o700, owner).map_err(node)?;
+            env.insert("CONFIG_FILES".to_string(), files.display().to_string());
+            if let Some(path) = link {
+                let at = app_dir.join(path);
+                if std::fs::symlink_metadata(&at).is_ok() {
+                    return Err(DeployError::Source(anyhow::anyhow!(
+                        "service.files = {path}: the app has its own {path}; remove it from the app (or leave it out of the upload), or choose another path"
+                    )));
+                }
+                if let Some(parent) = at.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("cannot create {}", parent.display()))
+                        .map_err(node)?;
+                }
+                std::os::unix::fs::symlink(&files, &at)
+                    .with_context(|| format!("cannot link {path} to the files directory"))
+                    .map_err(node)?;
+                progress.say(format!("-----> {path} is the site's files directory"));
+            }
+        }
+
+        if let Some(postgis) = services.postgres {
+            let what = if postgis { "PostGIS" } else { "PostgreSQL" };
+            progress.say(format!("-----> {what} database of {site}"));
+            let creds = {
+                let mut pg = self.postgres.lock().await;
+                if pg.is_none() {
+                    let cluster = services::postgres::Cluster::from_config(
+                        &self.cfg.services.postgresql,
+                        &self.layout,
+                    )
+                    .map_err(DeployError::Service)?;
+                    *pg = Some(
+                        services::postgres::Postgres::open(&cluster)
+                            .await
+                            .map_err(DeployError::Service)?,
+                    );
+                }
+                let Some(pg) = pg.as_ref() else {
+                    return Err(node(anyhow::anyhow!("the PostgreSQL cluster is gone")));
+                };
+                pg.ensure_site(site, postgis, &self.layout.secrets_dir())
+                    .await
+                    .map_err(DeployError::Service)?
+            };
+            env.extend(creds.env());
+        }
+
+        let vars = match &req.config {
+            Some(vars) => vars.clone(),
+            None => self.settings.vars(site).map_err(node)?,
+        };
+        env.extend(vars);
+        Ok(env)
+    }
+
+    /// Runs a release task as the site's account, from the app's directory,
+    /// in the release's environment with its venv first on PATH.
+    async fn run_task(
+        &self,
+        task: &crate::app_ini::ReleaseTask,
+        release_dir: &Path,
+        env: &BTreeMap<String, String>,
+        site: &SiteName,
+        account: Option<&Account>,
+        progress: &Progress,
+    ) -> Result<()> {
+        let shown = task.shown();
+        progress.say(format!("-----> running {shown}"));
+        let app_dir = release::app_dir(release_dir);
+        let venv = std::fs::canonicalize(release_dir.join("venv"))
+            .context("the release has no environment")?;
+        let Some((file, args)) = task.argv.split_first() else {
+            bail!("app.ini:{}: {shown} names no file", task.line);
+        };
+        let mut cmd = if file.ends_with(".py") {
+            let mut c = tokio::process::Command::new(venv.join("bin/python"));
+            c.arg(file);
+            c
+        } else {
+            tokio::process::Command::new(app_dir.join(file))
+        };
+        cmd.args(args);
+        crate::process::clean_env(&mut cmd)
+            .envs(env)
+            .env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    venv.join("bin").display(),
+                    crate::process::CHILD_PATH
+                ),
+            )
+            .env("VIRTUAL_ENV", &venv)
+            .env("HOME", self.layout.site_home(site))
+            .current_dir(&app_dir);
+        if let Some(a) = account {
+            a.apply(&mut cmd);
+        }
+        crate::process::run_streamed(cmd, &shown, "       ", progress)
+            .await
+            .with_context(|| format!("app.ini:{}: {shown} failed", task.line))?;
+        Ok(())
+    }
+
+    /// Stops what the node started for its sites (a private PostgreSQL).
+    async fn stop_services(&self) {
+        if let Some(pg) = self.postgres.lock().await.take()
+            && let Err(e) = pg.stop().await
+        {
+            tracing::warn!("stopping PostgreSQL: {e:#}");
+        }
+    }
+
     /// Copies the tree into a new release dir only root can change, and
     /// refuses it if a link leads out of the app.
-    async fn stage(&self, source: &Path, dir: &Path) -> Result<usize, DeployError> {
+    async fn stage(
+        &self,
+        site: &SiteName,
+        source: &Path,
+        dir: &Path,
+    ) -> Result<usize, DeployError> {
         let node = DeployError::Node;
         if dir.exists() {
             std::fs::remove_dir_all(dir)
@@ -853,6 +1116,19 @@ impl Engine {
         // An upload area its site still changes makes the copy fail: the
         // site's doing, not the node's.
         .map_err(DeployError::Source)?;
+        // A link to the site's own files directory is the node's (a release
+        // redeployed with new config, an upload seeded from the live one):
+        // it is made again from app.ini, never copied.
+        let files_dir = self.layout.site_dir(site).join("files");
+        let mut outward = outward;
+        outward.retain(|(link, target)| {
+            if *target == files_dir {
+                let _ = std::fs::remove_file(release::app_dir(dir).join(link));
+                false
+            } else {
+                true
+            }
+        });
         if let Some((link, target)) = outward.first() {
             let more = match outward.len() {
                 1 => String::new(),
@@ -898,7 +1174,6 @@ impl Engine {
         progress: &Progress,
     ) -> Result<()> {
         let want = format!("{site} {id}");
-        let host = apache::check_host(slot);
         let limit = self.apache.request_timeout().max(Duration::from_secs(30));
         let deadline = Instant::now() + limit;
         let mut paths = vec!["/".to_string()];
@@ -906,7 +1181,9 @@ impl Engine {
         for (i, path) in paths.iter().enumerate() {
             let is_root = i == 0;
             loop {
-                let answer = self.apache.get(&host, path, limit).await;
+                // The site's real Host: an app that checks it (Django's
+                // ALLOWED_HOSTS) answers the node as it will answer users.
+                let answer = self.apache.get_slot(slot, site.as_str(), path, limit).await;
                 match answer {
                     Ok(r) if r.header("x-slot-state") == Some("failed") => {
                         bail!("the app failed to load:\n{}", indent(&r.body));

@@ -139,6 +139,7 @@ async fn handle(stream: UnixStream, state: Arc<Node>) -> Result<()> {
                         origin,
                         sha: None,
                         record: None,
+                        config: None,
                     };
                     let d = engine.deploy(req, &progress).await;
                     d.map(|d| d.summary()).map_err(|e| anyhow::anyhow!("{e}"))

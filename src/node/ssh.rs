@@ -635,6 +635,7 @@ impl GitJob {
             origin: format!("toppcloud update by {}", self.identity.name),
             sha: None,
             record: None,
+            config: None,
         };
         let deployed = self
             .shared

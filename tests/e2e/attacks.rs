@@ -476,35 +476,46 @@ fn uv_config_in_the_app_is_ignored() {
 }
 
 #[test]
-fn check_hosts_need_the_nodes_secret_and_apps_never_see_it() {
+fn slots_are_reached_only_with_the_nodes_secret_and_apps_never_see_it() {
     let node = Node::start();
     // The app remembers every header it was ever sent (the node's own check
-    // request included) and shows them.
-    let app = python_app(
-        "blog",
-        "global SEEN\n\
-         try:\n    SEEN\n\
-         except NameError:\n    SEEN = set()\n\
-         SEEN.update(k for k in environ if k.startswith('HTTP_'))\n\
-         return ' '.join(sorted(SEEN))",
-    );
-    node.deploy("blog", &app).success();
+    // request, with the site's real Host, included) and shows them.
+    let app = |v: u32| {
+        python_app(
+            "blog",
+            &format!(
+                "global SEEN\n\
+                 try:\n    SEEN\n\
+                 except NameError:\n    SEEN = set()\n\
+                 SEEN.update('%s=%s' % (k, v) for k, v in environ.items() if k.startswith('HTTP_'))\n\
+                 return 'v{v} ' + ' '.join(sorted(SEEN))"
+            ),
+        )
+    };
+    node.deploy("blog", &app(1)).success();
+    node.deploy("blog", &app(2)).success();
     let seen = node.body("blog.localhost");
+    assert!(seen.starts_with("v2 "), "{seen}");
     assert!(
-        !seen.contains("TOPPCLOUD"),
+        !seen.contains("HTTP_X_TOPPCLOUD"),
         "the app saw the node's secret: {seen}"
     );
-    // From loopback, without the secret (or with a guess), a slot is not
-    // reachable by its check host: no release is exposed before it is live.
+    // The node's check came with the site's real Host.
+    assert!(seen.contains("HTTP_HOST=blog.localhost"), "{seen}");
+    // From loopback, without the secret (or with a guess), naming a slot
+    // reaches nothing but what the route map says: the previous release's
+    // slot is not exposed at the live host.
     for slot in ["s000", "s001", "s002", "s003"] {
+        let guessed = node
+            .site("blog.localhost", "/")
+            .header("X-Toppcloud-Check", "guess")
+            .header("X-Toppcloud-Slot", slot)
+            .send();
+        assert_eq!(guessed.code, 200);
+        assert!(guessed.body.starts_with("v2 "), "{slot}: {}", guessed.body);
         let host = format!("{slot}.check.toppcloud.invalid");
         let Answer { code, body, .. } = node.get(&host, "/");
         assert_eq!(code, 404, "{host} answered {code}: {body}");
-        let guessed = node
-            .site(&host, "/")
-            .header("X-Toppcloud-Check", "guess")
-            .send();
-        assert_eq!(guessed.code, 404);
     }
 }
 
