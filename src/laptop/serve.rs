@@ -504,7 +504,12 @@ mod tests {
     fn the_walk_skips_the_apps_files() {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        for rel in ["main.py", "data/uploads/a.jpg", "data/seed.json", "instance/db"] {
+        for rel in [
+            "main.py",
+            "data/uploads/a.jpg",
+            "data/seed.json",
+            "instance/db",
+        ] {
             let path = root.join(rel);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(path, "x").unwrap();

@@ -102,8 +102,9 @@ fn linked_files_dir(root: &Path, link: &str) -> Result<PathBuf> {
             dir.display()
         ),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(&dir)
-                .with_context(|| format!("service.files = {link}: cannot create {}", dir.display()))?;
+            std::fs::create_dir_all(&dir).with_context(|| {
+                format!("service.files = {link}: cannot create {}", dir.display())
+            })?;
             Ok(dir)
         }
         Err(e) => Err(e).with_context(|| format!("service.files = {link}: {}", dir.display())),
@@ -119,7 +120,8 @@ impl AppData {
     /// `base/<app_name>`, made if missing (0700). `app_name` is app.ini's,
     /// which is checked to be a plain name.
     pub fn open(base: &Path, app_name: &str) -> Result<AppData> {
-        std::fs::create_dir_all(base).with_context(|| format!("cannot create {}", base.display()))?;
+        std::fs::create_dir_all(base)
+            .with_context(|| format!("cannot create {}", base.display()))?;
         let dir = base.join(app_name);
         crate::dirs::create_dir(&dir, 0o700, None)?;
         Ok(AppData { dir })
@@ -175,8 +177,9 @@ impl AppData {
         let _ = std::fs::remove_file(&tmp);
         match written {
             Ok(()) => Ok(secret),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => read_secret(&path)?
-                .with_context(|| format!("{} appeared empty", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                read_secret(&path)?.with_context(|| format!("{} appeared empty", path.display()))
+            }
             Err(e) => Err(e).with_context(|| format!("cannot write {}", path.display())),
         }
     }
@@ -216,8 +219,8 @@ fn postgres_env(postgis: bool) -> Result<Vec<(&'static str, String)>> {
             path = path.display()
         );
     };
-    let url = PgUrl::parse(url)
-        .with_context(|| format!("{}: [devel] postgresql", path.display()))?;
+    let url =
+        PgUrl::parse(url).with_context(|| format!("{}: [devel] postgresql", path.display()))?;
     Ok(url.env())
 }
 
@@ -346,7 +349,11 @@ fn split_host_port(hostport: &str) -> Result<(String, u16)> {
         let (host, after) = v6
             .split_once(']')
             .context("an IPv6 address is missing its ']'")?;
-        if host.is_empty() || !host.chars().all(|c| c.is_ascii_hexdigit() || ":.".contains(c)) {
+        if host.is_empty()
+            || !host
+                .chars()
+                .all(|c| c.is_ascii_hexdigit() || ":.".contains(c))
+        {
             bail!("[{host}] is not an IPv6 address");
         }
         let port = match after {
@@ -511,7 +518,10 @@ mod tests {
                     "CONFIG_PG_SQLALCHEMY",
                     "postgresql://u:p%40ss@127.0.0.1:5999/db".into()
                 ),
-                ("DATABASE_URL", "postgres://u:p%40ss@127.0.0.1:5999/db".into()),
+                (
+                    "DATABASE_URL",
+                    "postgres://u:p%40ss@127.0.0.1:5999/db".into()
+                ),
             ]
         );
     }
@@ -547,7 +557,10 @@ mod tests {
     #[test]
     fn encoding_round_trips() {
         let s = "p@ss:w/o%rd?#[] é";
-        assert_eq!(percent_encode(s), "p%40ss%3Aw%2Fo%25rd%3F%23%5B%5D%20%C3%A9");
+        assert_eq!(
+            percent_encode(s),
+            "p%40ss%3Aw%2Fo%25rd%3F%23%5B%5D%20%C3%A9"
+        );
         assert_eq!(percent_decode(&percent_encode(s)).unwrap(), s);
         assert_eq!(percent_encode("abc-._~XYZ09"), "abc-._~XYZ09");
     }
@@ -560,7 +573,10 @@ mod tests {
         let first = data.secret().unwrap();
         assert_eq!(first.len(), 64);
         assert!(first.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_eq!(AppData::open(tmp.path(), "blog").unwrap().secret().unwrap(), first);
+        assert_eq!(
+            AppData::open(tmp.path(), "blog").unwrap().secret().unwrap(),
+            first
+        );
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&tmp.path().join("blog/secret")), 0o600);
         assert_eq!(mode(&tmp.path().join("blog")), 0o700);
@@ -573,7 +589,10 @@ mod tests {
             .collect();
         assert_eq!(names, vec!["secret"]);
         std::fs::write(tmp.path().join("wiki/secret"), "\n").unwrap();
-        let e = AppData::open(tmp.path(), "wiki").unwrap().secret().unwrap_err();
+        let e = AppData::open(tmp.path(), "wiki")
+            .unwrap()
+            .secret()
+            .unwrap_err();
         assert!(format!("{e:#}").contains("remove it"), "{e:#}");
     }
 
@@ -598,7 +617,12 @@ mod tests {
         assert_eq!(dir, root.join("data/uploads"));
         assert!(dir.is_dir());
         std::fs::write(dir.join("kept"), "x").unwrap();
-        assert!(linked_files_dir(root, "data/uploads").unwrap().join("kept").exists());
+        assert!(
+            linked_files_dir(root, "data/uploads")
+                .unwrap()
+                .join("kept")
+                .exists()
+        );
         std::fs::write(root.join("instance"), "a file").unwrap();
         let e = linked_files_dir(root, "instance").unwrap_err();
         assert!(format!("{e:#}").contains("is not a directory"), "{e:#}");
