@@ -210,9 +210,14 @@ fn postgres_env(postgis: bool) -> Result<Vec<(&'static str, String)>> {
     let path = config_path()?;
     let config = ClientConfig::load(&path)?;
     let Some(url) = config.devel.as_ref().and_then(|d| d.postgresql.as_deref()) else {
+        let why = if path.exists() {
+            "has no [devel] postgresql"
+        } else {
+            "does not exist"
+        };
         bail!(
             "app.ini asks for service.{service}, and toppcloud serve has no database to give it: \
-             {path} names none\n\
+             {path} {why}\n\
              hint: add a database of yours to {path}:\n\
              [devel]\n\
              postgresql = \"postgresql://USER:PASSWORD@localhost:5432/DBNAME\"",

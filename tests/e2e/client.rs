@@ -575,6 +575,7 @@ fn serve_without_a_database_says_what_to_configure() {
     serve_refused(&app.path, Some(config.path()))
         .failure()
         .stderr_has("service.postgresql")
+        .stderr_has(&format!("{} does not exist", file.display()))
         .stderr_has(&format!("add a database of yours to {}", file.display()))
         .stderr_has("[devel]\npostgresql = \"postgresql://USER:PASSWORD@localhost:5432/DBNAME\"");
 
@@ -582,6 +583,7 @@ fn serve_without_a_database_says_what_to_configure() {
     let config = laptop_config(Some("default_node = \"dev\"\n"));
     serve_refused(&app.path, Some(config.path()))
         .failure()
+        .stderr_has("has no [devel] postgresql")
         .stderr_has("[devel]\npostgresql = ");
 
     // app.ini's own errors come first.
