@@ -49,7 +49,17 @@ def paste_app(app_dir, runner):
     except ImportError:
         raise LoadError("runner %s needs PasteDeploy: add it to requirements.txt" % runner["file"])
     path = os.path.join(app_dir, runner["file"])
-    return loadapp("config:" + path, name=runner.get("section") or None, global_conf=dict(os.environ))
+    return loadapp("config:" + path, name=runner.get("section") or None, global_conf=global_conf())
+
+
+def global_conf():
+    """Paste Deploy's global configuration: the app's environment, plus the
+    site's secret as `SECRET` (its name in the original toppcloud), so that
+    config.ini can say `secret = %(SECRET)s`."""
+    conf = dict(os.environ)
+    if "CONFIG_SECRET" in os.environ:
+        conf["SECRET"] = os.environ["CONFIG_SECRET"]
+    return conf
 
 
 def load_app(app_dir, runner):

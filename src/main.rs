@@ -46,8 +46,11 @@ enum Command {
         toppcloud serve blog --port 8001\n\n\
         The app restarts when one of its files changes. Files under static/ are\n\
         served before the app, as on a node. The app gets SITE and CANONICAL_HOST\n\
-        (the host:port served on) and TOPPCLOUD=devel/VERSION, and runs on the\n\
-        app's .venv/bin/python if there is one, else on /usr/bin/python3.")]
+        (the host:port served on), TOPPCLOUD=devel/VERSION, CONFIG_SECRET, TEMP\n\
+        and the variables of the services app.ini asks for (CONFIG_FILES,\n\
+        CONFIG_PG_*: a database named by [devel] postgresql in\n\
+        ~/.config/toppcloud/config.toml), and runs on the app's\n\
+        .venv/bin/python if there is one, else on /usr/bin/python3.")]
     Serve {
         /// The app directory (with its app.ini).
         dir: PathBuf,

@@ -1,7 +1,9 @@
 //! The laptop side's configuration: named nodes and a default one, in
 //! `~/.config/toppcloud/config.toml`, and how to reach a node (its ssh URL,
 //! the key to use, the ssh command). `--node` and `TOPPCLOUD_NODE` name a
-//! configured node or give a URL directly.
+//! configured node or give a URL directly. `[devel]` holds what
+//! `toppcloud serve` needs from the laptop: the database it gives apps that
+//! ask for PostgreSQL.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +18,19 @@ pub struct ClientConfig {
     pub default_node: Option<String>,
     #[serde(default)]
     pub nodes: BTreeMap<String, NodeEntry>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub devel: Option<DevelConfig>,
+}
+
+/// `[devel]`: the laptop's side of the services `toppcloud serve` gives.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DevelConfig {
+    /// `postgresql://USER:PASSWORD@HOST:PORT/DBNAME`: the database an app
+    /// asking for `service.postgresql` (or `service.postgis`) gets under
+    /// `serve`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgresql: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -202,6 +217,29 @@ mod tests {
         assert_eq!((n.user.as_str(), n.port), ("toppcloud", 2222));
         assert!(Node::parse_url("ssh://-oProxyCommand=x@h").is_err());
         assert!(Node::parse_url("ssh://u@h:notaport").is_err());
+    }
+
+    #[test]
+    fn the_devel_section_is_kept_when_the_config_is_rewritten() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "default_node = \"dev\"\n[devel]\npostgresql = \"postgresql://me:pw@localhost/blog\"\n",
+        )
+        .unwrap();
+        let cfg = ClientConfig::load(&path).unwrap();
+        cfg.save(&path).unwrap();
+        let again = ClientConfig::load(&path).unwrap();
+        assert_eq!(
+            again.devel.and_then(|d| d.postgresql).as_deref(),
+            Some("postgresql://me:pw@localhost/blog")
+        );
+        std::fs::write(&path, "[devel]\nmysql = \"x\"\n").unwrap();
+        assert!(ClientConfig::load(&path).is_err());
+        // Without the section, none is written.
+        ClientConfig::default().save(&path).unwrap();
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("devel"));
     }
 
     #[test]

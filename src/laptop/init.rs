@@ -67,7 +67,8 @@ def application(environ, start_response):
 const CONFIG_INI: &str = "\
 # Paste Deploy configuration. app.ini says `runner = config.ini`: the node
 # (and `toppcloud serve`) load [app:main] below, with the app's environment
-# (SITE, CANONICAL_HOST, TOPPCLOUD) as the global configuration.
+# (SITE, CANONICAL_HOST, TOPPCLOUD, CONFIG_*) as the global configuration,
+# and the site's secret as SECRET (a setting may say `secret = %(SECRET)s`).
 [app:main]
 use = call:app:make_app
 greeting = Hello from {{NAME}}

@@ -5,9 +5,10 @@
 //! app is loaded by the node's own `runner.py`, inside a small threaded WSGI
 //! server (`devserver.py`, stdlib only) that serves `static/` first with the
 //! rules of the node's Apache configuration. The app sees `SITE`,
-//! `CANONICAL_HOST` (the host:port served on) and `TOPPCLOUD=devel/VERSION`.
-//! It runs on the app's `.venv/bin/python` if there is one, else on
-//! /usr/bin/python3.
+//! `CANONICAL_HOST` (the host:port served on) and `TOPPCLOUD=devel/VERSION`,
+//! and what `services` gives it under the node's names (`CONFIG_SECRET`,
+//! `TEMP`, `CONFIG_FILES`, `CONFIG_PG_*`...). It runs on the app's
+//! `.venv/bin/python` if there is one, else on /usr/bin/python3.
 //!
 //! This process binds the port and hands the listening socket to each Python
 //! process it starts, so a port in use is reported here, and requests made
@@ -28,6 +29,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use crate::app_ini::AppIni;
 use crate::app_ini::{RunnerSpec, excluded};
 use crate::laptop::init::SYSTEM_PYTHON;
+use crate::laptop::services::{Provider, ServiceEnv, is_contract_name};
 
 const DEVSERVER: &str = include_str!("../../server-files/devserver.py");
 const RUNNER: &str = include_str!("../../server-files/runner.py");
@@ -63,7 +65,9 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
             dir = opts.dir.display()
         );
     }
-    let runner = load_runner(&root)?;
+    let mut provider = Provider::default();
+    let loaded = load(&root, &mut provider)?;
+    let mut skip = loaded.env.files_link.clone();
     let listener = bind(&opts.host, opts.port)?;
     let addr = listener
         .local_addr()
@@ -86,8 +90,8 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
         "serving {} at http://{host_port}/ (Ctrl-C to stop)",
         opts.dir.display()
     );
-    let mut snapshot = take_snapshot(root.clone()).await;
-    let mut child = Some(app.spawn(Ok(runner))?);
+    let mut snapshot = take_snapshot(root.clone(), skip.clone()).await;
+    let mut child = Some(app.spawn(Ok(loaded))?);
     let mut tick = tokio::time::interval(POLL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -115,12 +119,12 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
                 eprintln!("the app stopped ({how}); it restarts when a file changes");
             }
             _ = tick.tick() => {
-                let now = take_snapshot(root.clone()).await;
+                let now = take_snapshot(root.clone(), skip.clone()).await;
                 let Some(what) = describe_change(&snapshot, &now) else {
                     continue;
                 };
                 tokio::time::sleep(SETTLE).await;
-                snapshot = take_snapshot(root.clone()).await;
+                snapshot = take_snapshot(root.clone(), skip.clone()).await;
                 println!("{what} changed: restarting");
                 if what == "requirements.txt" {
                     println!(
@@ -131,11 +135,18 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
                 if let Some(mut c) = child.take() {
                     stop(&mut c).await;
                 }
-                let runner = load_runner(&root);
-                if let Err(e) = &runner {
-                    eprintln!("toppcloud: error: {e:#}");
+                let loaded = load(&root, &mut provider);
+                match &loaded {
+                    Err(e) => eprintln!("toppcloud: error: {e:#}"),
+                    Ok(l) if l.env.files_link != skip => {
+                        // app.ini moved the app's files: what is written
+                        // there from now on is no change of the app.
+                        skip = l.env.files_link.clone();
+                        snapshot = take_snapshot(root.clone(), skip.clone()).await;
+                    }
+                    Ok(_) => {}
                 }
-                child = Some(app.spawn(runner)?);
+                child = Some(app.spawn(loaded)?);
             }
         }
     }
@@ -146,18 +157,26 @@ pub async fn run(opts: ServeOptions) -> Result<()> {
     Ok(())
 }
 
-/// The runner app.ini names, checked as the node checks it; warnings are
-/// printed, and what the node refuses is refused here.
-fn load_runner(root: &Path) -> Result<RunnerSpec> {
+/// What one start of the app needs from app.ini.
+struct Loaded {
+    runner: RunnerSpec,
+    env: ServiceEnv,
+}
+
+/// The runner and services app.ini names, checked as the node checks them
+/// (warnings are printed, what the node refuses is refused here), then the
+/// services as the laptop gives them.
+fn load(root: &Path, provider: &mut Provider) -> Result<Loaded> {
     let (ini, warnings) = AppIni::load(root).map_err(anyhow::Error::new)?;
     for w in &warnings {
         eprintln!("warning: {w}");
     }
     let services = ini.services().map_err(anyhow::Error::new)?;
-    if services != crate::app_ini::Services::default() {
-        bail!("app.ini asks for services (service.*), which toppcloud serve does not provide yet");
-    }
-    Ok(RunnerSpec::from(&ini.runner))
+    let env = provider.env(root, &ini.app_name, &services)?;
+    Ok(Loaded {
+        runner: RunnerSpec::from(&ini.runner),
+        env,
+    })
 }
 
 fn bind(host: &str, port: u16) -> Result<TcpListener> {
@@ -284,9 +303,9 @@ struct AppProcess {
 }
 
 impl AppProcess {
-    /// Starts the dev server on `runner`, or, when app.ini is wrong, one
+    /// Starts the dev server on the app, or, when app.ini is wrong, one
     /// that still serves static/ and answers the error for everything else.
-    fn spawn(&self, runner: Result<RunnerSpec>) -> Result<Child> {
+    fn spawn(&self, loaded: Result<Loaded>) -> Result<Child> {
         // Looked up at every start: a .venv made while serving is used.
         let venv = venv_python(&self.root);
         let python = venv.clone().unwrap_or_else(|| PathBuf::from(SYSTEM_PYTHON));
@@ -298,10 +317,18 @@ impl AppProcess {
             .arg(self.fd.to_string())
             .arg("--parent")
             .arg(std::process::id().to_string());
-        match runner {
-            Ok(spec) => {
-                let json = serde_json::to_string(&spec).context("cannot encode the runner")?;
+        // The laptop's own values of the contract's names are not the app's.
+        for (name, _) in std::env::vars_os() {
+            if name.to_str().is_some_and(is_contract_name) {
+                cmd.env_remove(name);
+            }
+        }
+        match loaded {
+            Ok(loaded) => {
+                let json =
+                    serde_json::to_string(&loaded.runner).context("cannot encode the runner")?;
                 cmd.arg(format!("--runner={json}"));
+                cmd.envs(loaded.env.vars);
             }
             Err(e) => {
                 cmd.arg(format!("--error={e:#}\n"));
@@ -365,17 +392,18 @@ async fn stop(child: &mut Child) {
 /// Size and modification time of every file of the app, by relative path.
 type Snapshot = BTreeMap<PathBuf, (u64, Option<SystemTime>)>;
 
-async fn take_snapshot(root: PathBuf) -> Snapshot {
+/// `skip` (relative to `root`) is the app's files directory, left out.
+async fn take_snapshot(root: PathBuf, skip: Option<PathBuf>) -> Snapshot {
     tokio::task::spawn_blocking(move || {
         let mut out = Snapshot::new();
-        walk(&root, &root, &mut out);
+        walk(&root, &root, skip.as_deref(), &mut out);
         out
     })
     .await
     .unwrap_or_default()
 }
 
-fn walk(root: &Path, dir: &Path, out: &mut Snapshot) {
+fn walk(root: &Path, dir: &Path, skip: Option<&Path>, out: &mut Snapshot) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -383,13 +411,16 @@ fn walk(root: &Path, dir: &Path, out: &mut Snapshot) {
         let name = entry.file_name();
         let name = name.to_string_lossy();
         let path = entry.path();
+        if skip.is_some_and(|s| path.strip_prefix(root).is_ok_and(|rel| rel == s)) {
+            continue;
+        }
         let Ok(meta) = entry.metadata() else {
             continue;
         };
         if meta.is_dir() {
             // Symlinked directories are not followed (no loops).
             if !excluded(&name, true) {
-                walk(root, &path, out);
+                walk(root, &path, skip, out);
             }
             continue;
         }
@@ -464,9 +495,48 @@ mod tests {
             std::fs::write(path, "x").unwrap();
         }
         let mut out = Snapshot::new();
-        walk(root, root, &mut out);
+        walk(root, root, None, &mut out);
         let names: Vec<String> = out.keys().map(|p| p.display().to_string()).collect();
         assert_eq!(names, vec!["main.py", "static/x.txt"]);
+    }
+
+    #[test]
+    fn the_walk_skips_the_apps_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for rel in [
+            "main.py",
+            "data/uploads/a.jpg",
+            "data/seed.json",
+            "instance/db",
+        ] {
+            let path = root.join(rel);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, "x").unwrap();
+        }
+        let names = |skip: Option<&str>| {
+            let mut out = Snapshot::new();
+            walk(root, root, skip.map(Path::new), &mut out);
+            out.keys()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(Some("data/uploads")),
+            vec!["data/seed.json", "instance/db", "main.py"]
+        );
+        assert_eq!(
+            names(Some("instance")),
+            vec!["data/seed.json", "data/uploads/a.jpg", "main.py"]
+        );
+        // A link to a directory elsewhere is skipped too, not taken for a file.
+        std::fs::remove_dir_all(root.join("instance")).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), root.join("instance")).unwrap();
+        assert_eq!(
+            names(Some("instance")),
+            vec!["data/seed.json", "data/uploads/a.jpg", "main.py"]
+        );
     }
 
     #[test]

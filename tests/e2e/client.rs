@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::support::{
-    App, Gate, Node, Serve, children, curl, free_loopback_port, require_wheelhouse, toppcloud,
-    toppcloud_cmd, wait_for,
+    App, Gate, Node, Run, Serve, children, client_home, curl, free_loopback_port,
+    require_wheelhouse, run_with_timeout, toppcloud, toppcloud_cmd, wait_for,
 };
 
 fn init(args: &[&str], dir: &Path) -> crate::support::Run {
@@ -406,4 +406,292 @@ fn an_app_that_exits_comes_back_on_the_next_change() {
     );
     app.file("main.py", &env_app("'back again'"));
     serve.wait_for_body("/", "back again");
+}
+
+/// `toppcloud serve DIR` run to its end (the tests use it for refusals),
+/// with `XDG_CONFIG_HOME` at `config_home` when given.
+fn serve_refused(dir: &Path, config_home: Option<&Path>) -> Run {
+    let mut cmd = toppcloud_cmd();
+    cmd.arg("serve")
+        .arg(dir)
+        .args(["--port", &free_loopback_port().to_string()]);
+    if let Some(home) = config_home {
+        cmd.env("XDG_CONFIG_HOME", home);
+    }
+    Run::from(
+        format!("toppcloud serve {}", dir.display()),
+        run_with_timeout(cmd, Duration::from_secs(240)),
+    )
+}
+
+/// A directory to use as XDG_CONFIG_HOME, holding toppcloud/config.toml
+/// with `text` (none when `text` is None).
+fn laptop_config(text: Option<&str>) -> tempfile::TempDir {
+    let home = tempfile::tempdir().expect("tempdir");
+    if let Some(text) = text {
+        let dir = home.path().join("toppcloud");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join("config.toml"), text).expect("write config");
+    }
+    home
+}
+
+/// Where serve keeps what it keeps for the app `name` (the clients' HOME
+/// has no XDG_DATA_HOME).
+fn serve_data(name: &str) -> std::path::PathBuf {
+    client_home()
+        .join(".local/share/toppcloud/serve")
+        .join(name)
+}
+
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o777
+}
+
+/// A main.py that, at /write, writes into CONFIG_FILES and TEMP, and
+/// otherwise answers where they are and what they hold.
+const FILES_APP: &str = r#"import os
+import tempfile
+
+
+def application(environ, start_response):
+    files = os.environ["CONFIG_FILES"]
+    temp = os.environ["TEMP"]
+    if environ["PATH_INFO"] == "/write":
+        with open(os.path.join(files, "note.txt"), "w") as f:
+            f.write("kept")
+        with open(os.path.join(temp, "scratch"), "w") as f:
+            f.write("x")
+        body = "written"
+    else:
+        try:
+            with open(os.path.join(files, "note.txt")) as f:
+                note = f.read()
+        except FileNotFoundError:
+            note = "none"
+        body = "|".join([files, note, temp, os.environ["TMPDIR"], tempfile.gettempdir(),
+                         ",".join(sorted(os.listdir(temp)))])
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [body.encode()]
+"#;
+
+#[test]
+fn serve_keeps_the_apps_files_and_empties_its_temp_at_each_start() {
+    let app = App::new();
+    app.file(
+        "app.ini",
+        "[production]\napp_name = keeper\nservice.files =\n",
+    )
+    .file("main.py", FILES_APP);
+    let data = serve_data("keeper");
+    let files = data.join("files").display().to_string();
+    let temp = data.join("tmp").display().to_string();
+    let expect =
+        |note: &str, listing: &str| format!("{files}|{note}|{temp}|{temp}|{temp}|{listing}");
+
+    let serve = Serve::start(&app.path);
+    assert_eq!(serve.get("/").body, expect("none", ""), "{}", serve.log());
+    assert_eq!(serve.get("/write").body, "written");
+    assert_eq!(serve.get("/").body, expect("kept", "scratch"));
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("files")), 0o700);
+    assert_eq!(mode(&data.join("tmp")), 0o700);
+    drop(serve);
+
+    // The next run finds the file where it was, and a clean TEMP.
+    let serve = Serve::start(&app.path);
+    assert_eq!(serve.get("/").body, expect("kept", ""), "{}", serve.log());
+}
+
+#[test]
+fn serve_makes_a_files_path_the_apps_own_directory() {
+    let app = App::new();
+    app.file(
+        "app.ini",
+        "[production]\napp_name = instanced\nservice.files = instance\n",
+    )
+    .file("main.py", FILES_APP);
+    let serve = Serve::start(&app.path);
+    let own = app
+        .path
+        .canonicalize()
+        .expect("canonicalize")
+        .join("instance");
+    let temp = serve_data("instanced").join("tmp").display().to_string();
+    assert_eq!(
+        serve.get("/").body,
+        format!("{}|none|{temp}|{temp}|{temp}|", own.display()),
+        "{}",
+        serve.log()
+    );
+    assert!(own.is_dir());
+    assert_eq!(serve.get("/write").body, "written");
+    assert_eq!(read(&app.path.join("instance/note.txt")), "kept");
+    // What the app writes there is its data, not a change of its code.
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!serve.log().contains("restarting"), "{}", serve.log());
+    assert!(serve.get("/").body.contains("|kept|"));
+    drop(serve);
+
+    // A file in the way is refused, naming it.
+    let blocked = App::new();
+    blocked
+        .file(
+            "app.ini",
+            "[production]\napp_name = blocked\nservice.files = data\n",
+        )
+        .file("main.py", FILES_APP)
+        .file("data", "not a directory\n");
+    serve_refused(&blocked.path, None)
+        .failure()
+        .stderr_has("service.files = data:")
+        .stderr_has("is not a directory");
+}
+
+/// A main.py answering the database variables it was given.
+fn pg_app() -> String {
+    env_app(
+        "'\\n'.join('%s=%s' % (k, os.environ.get(k, '-')) for k in ['CONFIG_PG_DBNAME', \
+         'CONFIG_PG_USER', 'CONFIG_PG_PASSWORD', 'CONFIG_PG_HOST', 'CONFIG_PG_PORT', \
+         'CONFIG_PG_SQLALCHEMY', 'DATABASE_URL'])",
+    )
+}
+
+#[test]
+fn serve_without_a_database_says_what_to_configure() {
+    let app = App::new();
+    app.file(
+        "app.ini",
+        "[production]\napp_name = nodb\nservice.postgresql =\n",
+    )
+    .file("main.py", &pg_app());
+    let config = laptop_config(None);
+    let file = config.path().join("toppcloud/config.toml");
+    serve_refused(&app.path, Some(config.path()))
+        .failure()
+        .stderr_has("service.postgresql")
+        .stderr_has(&format!("{} does not exist", file.display()))
+        .stderr_has(&format!("add a database of yours to {}", file.display()))
+        .stderr_has("[devel]\npostgresql = \"postgresql://USER:PASSWORD@localhost:5432/DBNAME\"");
+
+    // A config without [devel] says the same.
+    let config = laptop_config(Some("default_node = \"dev\"\n"));
+    serve_refused(&app.path, Some(config.path()))
+        .failure()
+        .stderr_has("has no [devel] postgresql")
+        .stderr_has("[devel]\npostgresql = ");
+
+    // app.ini's own errors come first.
+    app.file(
+        "app.ini",
+        "[production]\napp_name = nodb\nversion = 1.0\nservice.postgresql =\n",
+    );
+    let run = serve_refused(&app.path, Some(config.path()));
+    let run = run
+        .failure()
+        .stderr_has("app.ini:3: version must be a whole number");
+    assert!(!run.stderr.contains("[devel]"), "{}", run.stderr);
+
+    // So does a URL serve cannot read.
+    app.file(
+        "app.ini",
+        "[production]\napp_name = nodb\nservice.postgis =\n",
+    );
+    let config = laptop_config(Some(
+        "[devel]\npostgresql = \"postgresql://u@db.example\"\n",
+    ));
+    serve_refused(&app.path, Some(config.path()))
+        .failure()
+        .stderr_has("[devel] postgresql: names no database");
+}
+
+#[test]
+fn serve_gives_the_database_the_laptop_config_names() {
+    let app = App::new();
+    app.file(
+        "app.ini",
+        "[production]\napp_name = withdb\nservice.postgis =\n",
+    )
+    .file("main.py", &pg_app());
+    let config = laptop_config(Some(
+        "[devel]\npostgresql = \"postgresql://u:p%40ss@127.0.0.1:5999/db\"\n",
+    ));
+    let serve = Serve::start_with_env(
+        &app.path,
+        &[
+            ("XDG_CONFIG_HOME", config.path().as_os_str()),
+            // The laptop's own values are not the app's.
+            ("DATABASE_URL", OsStr::new("postgres://laptop@elsewhere/x")),
+            ("CONFIG_PG_PORT", OsStr::new("1")),
+        ],
+    );
+    assert_eq!(
+        serve.get("/").body,
+        "CONFIG_PG_DBNAME=db\n\
+         CONFIG_PG_USER=u\n\
+         CONFIG_PG_PASSWORD=p@ss\n\
+         CONFIG_PG_HOST=127.0.0.1\n\
+         CONFIG_PG_PORT=5999\n\
+         CONFIG_PG_SQLALCHEMY=postgresql://u:p%40ss@127.0.0.1:5999/db\n\
+         DATABASE_URL=postgres://u:p%40ss@127.0.0.1:5999/db",
+        "{}",
+        serve.log()
+    );
+}
+
+#[test]
+fn serve_keeps_the_apps_secret_across_runs() {
+    let app = App::new();
+    app.file("app.ini", "[production]\napp_name = secretive\n")
+        .file(
+            "main.py",
+            &env_app("os.environ['CONFIG_SECRET'] + '|' + os.environ.get('DATABASE_URL', 'none')"),
+        );
+    let laptop_env = [("DATABASE_URL", OsStr::new("postgres://laptop@elsewhere/x"))];
+    let first = Serve::start_with_env(&app.path, &laptop_env).get("/").body;
+    let (secret, db) = first.split_once('|').expect("two parts");
+    assert_eq!(secret.len(), 64, "{first}");
+    assert!(secret.chars().all(|c| c.is_ascii_hexdigit()), "{first}");
+    assert_eq!(db, "none", "an app without a database got the laptop's");
+    let file = serve_data("secretive").join("secret");
+    assert_eq!(read(&file).trim(), secret);
+    assert_eq!(mode(&file), 0o600);
+
+    let second = Serve::start(&app.path).get("/").body;
+    assert_eq!(second, first);
+}
+
+#[test]
+fn a_paste_deploy_app_gets_the_secret_in_its_global_conf() {
+    require_wheelhouse();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("pastesecret");
+    init(&["--config"], &dir).success();
+    std::fs::write(
+        dir.join("config.ini"),
+        "[app:main]\nuse = call:app:make_app\nsecret = %(SECRET)s\n",
+    )
+    .expect("write");
+    std::fs::write(
+        dir.join("app.py"),
+        "import os\n\n\
+         def make_app(global_conf, secret=None, **settings):\n    \
+         body = '|'.join([global_conf.get('SECRET', '-'), secret, os.environ['CONFIG_SECRET']])\n\n    \
+         def application(environ, start_response):\n        \
+         start_response('200 OK', [('Content-Type', 'text/plain')])\n        \
+         return [body.encode()]\n\n    \
+         return application\n",
+    )
+    .expect("write");
+    let serve = Serve::start(&dir);
+    let body = serve.get("/").body;
+    let parts: Vec<&str> = body.split('|').collect();
+    assert_eq!(parts.len(), 3, "{body}\n{}", serve.log());
+    assert_eq!(parts[0].len(), 64, "{body}");
+    assert!(parts.iter().all(|p| *p == parts[0]), "{body}");
 }

@@ -232,6 +232,11 @@ pub struct Serve {
 impl Serve {
     /// Starts serving `dir` and waits until it answers.
     pub fn start(dir: &Path) -> Serve {
+        Serve::start_with_env(dir, &[])
+    }
+
+    /// `start`, with these variables added to serve's environment.
+    pub fn start_with_env(dir: &Path, env: &[(&str, &OsStr)]) -> Serve {
         let logs = tempfile::tempdir().expect("tempdir");
         let log = logs.path().join("serve.log");
         let file = std::fs::File::create(&log).expect("log");
@@ -241,6 +246,7 @@ impl Serve {
             .arg("serve")
             .arg(dir)
             .args(["--port", &port.to_string()])
+            .envs(env.iter().copied())
             .process_group(0)
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log"))
