@@ -441,6 +441,11 @@ impl Engine {
             }
         }
         create_dir(&self.layout.apache_dir(), 0o711, None)?;
+        // Sites that have a database find it running before they serve; a
+        // cluster that will not start must not keep the other sites down.
+        if let Err(e) = self.start_services().await {
+            tracing::error!("{e:#}");
+        }
         apache::routes::write(&self.layout.routes_map(), &routes)?;
         self.apache.start(accounts).await?;
         let sites: Vec<SiteName> = self.state().sites.keys().cloned().collect();
@@ -1078,6 +1083,22 @@ impl Engine {
         crate::process::run_streamed(cmd, &shown, "       ", progress)
             .await
             .with_context(|| format!("app.ini:{}: {shown} failed", task.line))?;
+        Ok(())
+    }
+
+    /// Starts a private PostgreSQL cluster at node start when sites already
+    /// have databases on it (else it starts at the first deploy that asks).
+    async fn start_services(&self) -> Result<()> {
+        let cluster =
+            services::postgres::Cluster::from_config(&self.cfg.services.postgresql, &self.layout)?;
+        if matches!(cluster, services::postgres::Cluster::Private { .. })
+            && self.layout.postgres_dir().exists()
+        {
+            let pg = services::postgres::Postgres::open(&cluster)
+                .await
+                .context("cannot start the sites' PostgreSQL cluster")?;
+            *self.postgres.lock().await = Some(pg);
+        }
         Ok(())
     }
 
