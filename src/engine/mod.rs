@@ -1283,6 +1283,16 @@ impl Engine {
             .flatten()
             .map(|p| p.release)
             .collect();
+        // Temporary directories live as long as their release serves.
+        if let Ok(entries) = std::fs::read_dir(self.layout.site_dir(site).join("tmp")) {
+            for e in entries.flatten() {
+                let serving = ReleaseId::parse(&e.file_name().to_string_lossy())
+                    .is_ok_and(|id| routed.contains(&id));
+                if !serving {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
         let mut ids: Vec<ReleaseId> = s.releases.iter().map(|r| r.id).collect();
         ids.sort_unstable_by(|a, b| b.cmp(a));
         let doomed: Vec<ReleaseId> = ids
