@@ -460,11 +460,7 @@ fn http_connections_over_the_cap_get_503() {
     let answer = read_all(&mut fourth, Duration::from_secs(10));
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("too many connections"), "{answer}");
-    assert!(
-        node.log().contains("http: answered 503 to 127.0.0.1"),
-        "{}",
-        node.log()
-    );
+    node.wait_logged("http: answered 503 to 127.0.0.1");
     // With one of them gone, curl gets through.
     drop(held);
     wait_for("/healthz to answer again", Duration::from_secs(20), || {
@@ -527,11 +523,7 @@ fn webhook_slow_body_is_cut_off() {
         took >= Duration::from_millis(1900) && took < Duration::from_secs(15),
         "{took:?}"
     );
-    assert!(
-        node.log().contains("webhook rejected (408)"),
-        "{}",
-        node.log()
-    );
+    node.wait_logged("webhook rejected (408)");
 }
 
 #[test]
@@ -604,16 +596,8 @@ fn expired_key_is_refused() {
     git(dir.path(), &old, &["ls-remote", &node.ssh_url("blog")])
         .fails()
         .stderr_has("Permission denied (publickey)");
-    assert!(
-        node.log().contains("refused key old (SHA256:"),
-        "{}",
-        node.log()
-    );
-    assert!(
-        node.log().contains("it expired at 2020-01-01 00:00:00 UTC"),
-        "{}",
-        node.log()
-    );
+    node.wait_logged("refused key old (SHA256:");
+    node.wait_logged("it expired at 2020-01-01 00:00:00 UTC");
     assert_logged_in(&ssh(&node, &current, "hello"));
     // A malformed time is refused by `keys add`, naming the option.
     let (_, public) = key_pair(&node, "typo");

@@ -203,6 +203,17 @@ impl Node {
         }
     }
 
+    /// Waits (10 s at most) for the node's log to say `text`: a line the
+    /// node writes as it acts, which may follow what the client saw by a
+    /// moment.
+    pub fn wait_logged(&self, text: &str) {
+        crate::support::wait_for(
+            &format!("the node to log {text:?}"),
+            std::time::Duration::from_secs(10),
+            || self.log().contains(text).then_some(()),
+        );
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
