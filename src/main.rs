@@ -99,13 +99,13 @@ enum Command {
         #[arg(long, conflicts_with = "change")]
         values: bool,
         /// `set NAME=VALUE...` or `unset NAME...`; nothing: list the names.
-        #[arg(value_name = "set K=V... | unset K...")]
+        #[arg(value_name = "CHANGE")]
         change: Vec<String>,
         /// A configured node's name or an ssh:// URL; default: the default node.
         #[arg(long, env = "TOPPCLOUD_NODE")]
         node: Option<String>,
     },
-    /// Record a node and make it the default for update and remote.
+    /// Record a node and make it the default for update, config and remote.
     #[command(after_help = "Example:\n  toppcloud default-node ssh://toppcloud@127.0.0.1:2222")]
     DefaultNode {
         /// An ssh:// URL, or the name of a node already configured.
@@ -217,7 +217,7 @@ enum NodeCommand {
         #[arg(long, conflicts_with = "change")]
         values: bool,
         /// `set NAME=VALUE...` or `unset NAME...`; nothing: list the names.
-        #[arg(value_name = "set K=V... | unset K...")]
+        #[arg(value_name = "CHANGE")]
         change: Vec<String>,
         #[command(flatten)]
         flags: NodeFlags,
@@ -302,7 +302,11 @@ async fn run(cli: Cli) -> Result<()> {
         }) => {
             let cfg = flags.resolve()?;
             let listing = values || change.is_empty();
-            let words = if values { vec!["--values".into()] } else { change };
+            let words = if values {
+                vec!["--values".into()]
+            } else {
+                change
+            };
             let socket = Layout::new(cfg.data_dir.clone()).control_socket();
             let shown = toppcloud::names::SiteName::parse(&site, &cfg.domain)
                 .map(|s| s.to_string())

@@ -8,9 +8,9 @@
 use std::path::{Component, Path};
 
 use toppcloud::app_ini::{AppIni, Runner};
+use toppcloud::engine::settings::ConfigChange;
 use toppcloud::layout::Layout;
 use toppcloud::names::{Domain, MAX_SITE_NAME_LEN, SiteName};
-use toppcloud::engine::settings::ConfigChange;
 use toppcloud::node::exec::{self, ConfigAction, Request};
 use toppcloud::node::keys;
 use toppcloud::node::upload::{self, Upload};

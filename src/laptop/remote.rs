@@ -148,7 +148,8 @@ mod tests {
         let d = crate::names::Domain::localhost();
         match exec::parse(line, &d).unwrap() {
             exec::Request::Config {
-                action: exec::ConfigAction::Change(crate::engine::settings::ConfigChange::Set(pairs)),
+                action:
+                    exec::ConfigAction::Change(crate::engine::settings::ConfigChange::Set(pairs)),
                 ..
             } => assert_eq!(pairs[0].1, "hello world"),
             other => panic!("{other:?}"),

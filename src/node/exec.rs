@@ -17,7 +17,10 @@ pub enum Request {
     /// `rsync --server ...`: `toppcloud update`.
     Rsync(Upload),
     /// `config SITE [--values | set K=V... | unset K...]`: `toppcloud config`.
-    Config { site: SiteName, action: ConfigAction },
+    Config {
+        site: SiteName,
+        action: ConfigAction,
+    },
 }
 
 /// What a config command asks of a site's config vars.
