@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 
 use toppcloud::config::NodeConfig;
-use toppcloud::laptop::{config as client, init, serve, update};
+use toppcloud::laptop::{config as client, init, remote, serve, update};
 use toppcloud::layout::Layout;
 use toppcloud::node::{self, control, keys as access, push};
 
@@ -82,7 +82,30 @@ enum Command {
         #[arg(long)]
         etc_hosts: bool,
     },
-    /// Record a node and make it the default for update and remote.
+    /// List or change a site's config vars on the node (a change is a new release).
+    #[command(after_help = "Examples:\n  \
+        toppcloud config blog.example.com set SENTRY_DSN=https://... DEBUG=0   # a new release: the same code, the new values\n  \
+        toppcloud config blog.example.com              # the names\n  \
+        toppcloud config blog.example.com --values     # NAME=VALUE\n  \
+        toppcloud config blog.example.com unset DEBUG\n\n\
+        A change deploys the live release's code again with the new environment,\n\
+        checked before the switch like any deploy (prev.SITE keeps the old one).\n\
+        Values are kept on the node, readable by root alone, and never appear in\n\
+        its logs, deploy records or API; the names do.")]
+    Config {
+        /// The site: a host name, or a bare name that gets the node's domain.
+        site: String,
+        /// List NAME=VALUE instead of the names alone.
+        #[arg(long, conflicts_with = "change")]
+        values: bool,
+        /// `set NAME=VALUE...` or `unset NAME...`; nothing: list the names.
+        #[arg(value_name = "CHANGE")]
+        change: Vec<String>,
+        /// A configured node's name or an ssh:// URL; default: the default node.
+        #[arg(long, env = "TOPPCLOUD_NODE")]
+        node: Option<String>,
+    },
+    /// Record a node and make it the default for update, config and remote.
     #[command(after_help = "Example:\n  toppcloud default-node ssh://toppcloud@127.0.0.1:2222")]
     DefaultNode {
         /// An ssh:// URL, or the name of a node already configured.
@@ -181,6 +204,24 @@ enum NodeCommand {
         #[command(flatten)]
         flags: NodeFlags,
     },
+    /// List or change a site's config vars on the running node.
+    #[command(after_help = "Examples:\n  \
+        toppcloud node config blog set GREETING='hello world' DEBUG=0   # a new release with the new values\n  \
+        toppcloud node config blog                     # the names\n  \
+        toppcloud node config blog --values            # NAME=VALUE\n  \
+        toppcloud node config blog unset DEBUG")]
+    Config {
+        /// The site: a host name, or a bare name that gets the node's domain.
+        site: String,
+        /// List NAME=VALUE instead of the names alone.
+        #[arg(long, conflicts_with = "change")]
+        values: bool,
+        /// `set NAME=VALUE...` or `unset NAME...`; nothing: list the names.
+        #[arg(value_name = "CHANGE")]
+        change: Vec<String>,
+        #[command(flatten)]
+        flags: NodeFlags,
+    },
     /// Manage the SSH keys that may push to this node (no restart needed).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -218,12 +259,28 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("toppcloud: error: {e:#}");
-            ExitCode::FAILURE
-        }
+        Err(e) => match e.downcast_ref::<ExitWith>() {
+            Some(ExitWith(code)) => ExitCode::from(u8::try_from(*code).unwrap_or(1)),
+            None => {
+                eprintln!("toppcloud: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
     }
 }
+
+/// Ends the process with another's exit code (the node's, through ssh),
+/// which has said why already.
+#[derive(Debug)]
+struct ExitWith(i32);
+
+impl std::fmt::Display for ExitWith {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit code {}", self.0)
+    }
+}
+
+impl std::error::Error for ExitWith {}
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -237,6 +294,33 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{done}");
             Ok(())
         }
+        Command::Node(NodeCommand::Config {
+            site,
+            values,
+            change,
+            flags,
+        }) => {
+            let cfg = flags.resolve()?;
+            let listing = values || change.is_empty();
+            let words = if values {
+                vec!["--values".into()]
+            } else {
+                change
+            };
+            let socket = Layout::new(cfg.data_dir.clone()).control_socket();
+            let shown = toppcloud::names::SiteName::parse(&site, &cfg.domain)
+                .map(|s| s.to_string())
+                .unwrap_or_else(|_| site.clone());
+            let done = control::request(&socket, &control::Request::Config { site, words }).await?;
+            if !listing {
+                println!("{done}");
+            } else if done.is_empty() {
+                eprintln!("{shown} has no config vars");
+            } else {
+                print!("{done}");
+            }
+            Ok(())
+        }
         Command::Node(NodeCommand::Keys(cmd)) => keys(cmd),
         Command::Hook(HookCommand::PreReceive) => hook_pre_receive().await,
         Command::Update {
@@ -248,6 +332,19 @@ async fn run(cli: Cli) -> Result<()> {
             let cfg = client::ClientConfig::load(&client::config_path()?)?;
             let node = cfg.node(node.as_deref())?;
             update::run(&dir, host.as_deref(), &node, etc_hosts)
+        }
+        Command::Config {
+            site,
+            values,
+            change,
+            node,
+        } => {
+            let cfg = client::ClientConfig::load(&client::config_path()?)?;
+            let node = cfg.node(node.as_deref())?;
+            match remote::config(&site, values, &change, &node)? {
+                0 => Ok(()),
+                code => Err(ExitWith(code).into()),
+            }
         }
         Command::DefaultNode { node, name } => {
             let chosen = client::set_default(&node, name.as_deref())?;

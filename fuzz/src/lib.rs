@@ -8,9 +8,10 @@
 use std::path::{Component, Path};
 
 use toppcloud::app_ini::{AppIni, Runner};
+use toppcloud::engine::settings::ConfigChange;
 use toppcloud::layout::Layout;
 use toppcloud::names::{Domain, MAX_SITE_NAME_LEN, SiteName};
-use toppcloud::node::exec::{self, Request};
+use toppcloud::node::exec::{self, ConfigAction, Request};
 use toppcloud::node::keys;
 use toppcloud::node::upload::{self, Upload};
 
@@ -49,8 +50,9 @@ pub fn check_site(site: &SiteName) {
     );
 }
 
-/// The exec line: whatever it is parsed into is a valid site, and an
-/// rsync upload satisfies [`check_upload`].
+/// The exec line: whatever it is parsed into is a valid site, an rsync
+/// upload satisfies [`check_upload`], and a config command satisfies
+/// [`check_config`].
 pub fn check_exec_line(line: &str) {
     match exec::parse(line, &domain()) {
         Ok(Request::Receive(site)) | Ok(Request::Fetch(site)) => {
@@ -66,7 +68,64 @@ pub fn check_exec_line(line: &str) {
             let words = shell_words::split(line).expect("an accepted line splits");
             check_upload(&words, &upload);
         }
+        Ok(Request::Config { site, action }) => {
+            check_site(&site);
+            let words = shell_words::split(line).expect("an accepted line splits");
+            check_config(&words, &action);
+        }
         Err(message) => assert!(!message.is_empty()),
+    }
+}
+
+/// An accepted config command: `config SITE` and then `--values` alone, or
+/// `set` with NAME=VALUE words, or `unset` with names, each name an
+/// environment variable name the node does not set itself, and each value
+/// the client's word after the first `=`, whole.
+pub fn check_config(words: &[String], action: &ConfigAction) {
+    assert!(words.len() >= 2 && words[0] == "config", "{words:?}");
+    let rest = &words[2..];
+    let name_ok = |name: &str| {
+        !name.is_empty()
+            && name.len() <= 128
+            && !name.starts_with(|c: char| c.is_ascii_digit())
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+            && !name.starts_with("CONFIG_")
+            && !name.starts_with("TOPPCLOUD_")
+            && ![
+                "SITE",
+                "CANONICAL_HOST",
+                "TOPPCLOUD",
+                "TEMP",
+                "TMPDIR",
+                "HOME",
+                "PATH",
+            ]
+            .contains(&name)
+    };
+    match action {
+        ConfigAction::List { values } => {
+            let expected: &[&str] = if *values { &["--values"] } else { &[] };
+            assert_eq!(rest, expected, "{words:?}");
+        }
+        ConfigAction::Change(ConfigChange::Set(pairs)) => {
+            assert_eq!(rest.first().map(String::as_str), Some("set"), "{words:?}");
+            assert_eq!(pairs.len(), rest.len() - 1, "{words:?}");
+            for ((name, value), word) in pairs.iter().zip(&rest[1..]) {
+                assert!(name_ok(name), "{name:?} from {words:?}");
+                assert_eq!(word, &format!("{name}={value}"), "{words:?}");
+                assert!(!value.contains('\0'), "{words:?}");
+            }
+        }
+        ConfigAction::Change(ConfigChange::Unset(names)) => {
+            assert_eq!(rest.first().map(String::as_str), Some("unset"), "{words:?}");
+            assert_eq!(names.as_slice(), &rest[1..], "{words:?}");
+            assert!(!names.is_empty(), "{words:?}");
+            for name in names {
+                assert!(name_ok(name), "{name:?} from {words:?}");
+            }
+        }
     }
 }
 

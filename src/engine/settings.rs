@@ -94,6 +94,20 @@ impl ConfigChange {
     }
 }
 
+/// Config vars as `config SITE` shows them: a name a line, or `NAME=VALUE`
+/// when the values were asked for.
+pub fn listing(vars: &BTreeMap<String, String>, values: bool) -> String {
+    vars.iter()
+        .map(|(k, v)| {
+            if values {
+                format!("{k}={v}\n")
+            } else {
+                format!("{k}\n")
+            }
+        })
+        .collect()
+}
+
 fn shorten(s: &str) -> String {
     s.chars().take(40).collect()
 }
@@ -232,6 +246,8 @@ mod tests {
             .apply(&BTreeMap::new());
         s.save_vars(&site, &vars).unwrap();
         assert_eq!(s.vars(&site).unwrap(), vars);
+        assert_eq!(listing(&vars, false), "A\nB\n");
+        assert_eq!(listing(&vars, true), "A=1\nB=two\n");
         let secret = s.secret(&site).unwrap();
         assert_eq!(secret.len(), 64);
         assert_eq!(s.secret(&site).unwrap(), secret, "stable");

@@ -97,6 +97,12 @@ impl Node {
 
     /// The ssh command line rsync runs (`-e`), port and key included.
     pub fn ssh_command(&self) -> String {
+        shell_words::join(self.ssh_argv())
+    }
+
+    /// The ssh program and its options, port and key included (the
+    /// destination and the remote command not yet).
+    pub fn ssh_argv(&self) -> Vec<String> {
         let mut parts = self.ssh.clone();
         parts.push("-p".into());
         parts.push(self.port.to_string());
@@ -106,7 +112,7 @@ impl Node {
             parts.push("-o".into());
             parts.push("IdentitiesOnly=yes".into());
         }
-        shell_words::join(parts)
+        parts
     }
 }
 

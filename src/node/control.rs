@@ -1,6 +1,6 @@
 //! The node's local control channel: a Unix socket in the data dir (mode
-//! 0600, so only the node's own user reaches it) that `toppcloud node deploy`
-//! and the pre-receive hook of a push talk to. One JSON request line in; JSON event lines out, ending with a
+//! 0600, so only the node's own user reaches it) that `toppcloud node deploy`,
+//! `toppcloud node config` and the pre-receive hook of a push talk to. One JSON request line in; JSON event lines out, ending with a
 //! `done` event.
 
 use std::path::{Path, PathBuf};
@@ -15,6 +15,7 @@ use crate::engine::DeployRequest;
 use crate::node::Node;
 
 use crate::names::SiteName;
+use crate::node::exec::{ConfigAction, config_action};
 use crate::node::push::{PreReceive, RefUpdate};
 use crate::progress::Progress;
 
@@ -24,6 +25,13 @@ pub enum Request {
     Deploy {
         site: String,
         dir: PathBuf,
+    },
+    /// `toppcloud node config SITE WORDS...`: the words after the site, as
+    /// the SSH door takes them (none, `--values`, `set K=V...`,
+    /// `unset K...`). A listing is the done message.
+    Config {
+        site: String,
+        words: Vec<String>,
     },
     /// From the pre-receive hook of a push the SSH server started.
     PreReceive {
@@ -143,6 +151,34 @@ async fn handle(stream: UnixStream, state: Arc<Node>) -> Result<()> {
                     };
                     let d = engine.deploy(req, &progress).await;
                     d.map(|d| d.summary()).map_err(|e| anyhow::anyhow!("{e}"))
+                })
+            })
+            .await?;
+        }
+        Request::Config { site, words } => {
+            let parsed = SiteName::parse(&site, engine.domain())
+                .map_err(|e| e.to_string())
+                .and_then(|site| Ok((site, config_action(&words)?)));
+            let (site, action) = match parsed {
+                Ok(p) => p,
+                Err(message) => {
+                    send(&mut w, &Event::Done { ok: false, message }).await?;
+                    return Ok(());
+                }
+            };
+            relay(&mut w, move |progress| {
+                tokio::spawn(async move {
+                    match action {
+                        ConfigAction::List { values } => {
+                            let vars = engine.config_vars(&site)?;
+                            Ok(crate::engine::settings::listing(&vars, values))
+                        }
+                        ConfigAction::Change(change) => engine
+                            .configure(&site, &change, "node config", &progress)
+                            .await
+                            .map(|d| d.summary())
+                            .map_err(|e| anyhow::anyhow!("{e}")),
+                    }
                 })
             })
             .await?;

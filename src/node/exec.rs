@@ -1,8 +1,9 @@
 //! The SSH exec line, parsed into the one request it may name: a push, a
-//! fetch or an rsync upload, each on a validated site. Pure (no I/O, no
-//! connection state), so the fuzz targets can reach it; `ssh.rs` serves
-//! the request.
+//! fetch, an rsync upload or a config command, each on a validated site.
+//! Pure (no I/O, no connection state), so the fuzz targets can reach it;
+//! `ssh.rs` serves the request.
 
+use crate::engine::settings::ConfigChange;
 use crate::names::{Domain, SiteName};
 use crate::node::upload::Upload;
 
@@ -15,6 +16,20 @@ pub enum Request {
     Fetch(SiteName),
     /// `rsync --server ...`: `toppcloud update`.
     Rsync(Upload),
+    /// `config SITE [--values | set K=V... | unset K...]`: `toppcloud config`.
+    Config {
+        site: SiteName,
+        action: ConfigAction,
+    },
+}
+
+/// What a config command asks of a site's config vars.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigAction {
+    /// `config SITE`: the names; with `--values`, `NAME=VALUE`.
+    List { values: bool },
+    /// `set K=V...` or `unset K...`: a new release with the new environment.
+    Change(ConfigChange),
 }
 
 impl Request {
@@ -22,7 +37,25 @@ impl Request {
         match self {
             Request::Receive(s) | Request::Fetch(s) => s,
             Request::Rsync(u) => &u.site,
+            Request::Config { site, .. } => site,
         }
+    }
+}
+
+/// How a config command is written, for the messages that refuse one.
+pub const CONFIG_USAGE: &str = "config SITE [--values | set K=V... | unset K...]";
+
+/// The words after `config SITE`: nothing (list the names), `--values`
+/// alone, or a change for [`ConfigChange::parse`].
+pub fn config_action(words: &[String]) -> Result<ConfigAction, String> {
+    match words {
+        [] => Ok(ConfigAction::List { values: false }),
+        [w] if w == "--values" => Ok(ConfigAction::List { values: true }),
+        [w, ..] if w.starts_with('-') => Err(format!(
+            "config: {:?} is not understood here; usage: {CONFIG_USAGE}",
+            w.chars().take(40).collect::<String>()
+        )),
+        _ => ConfigChange::parse(words).map(ConfigAction::Change),
     }
 }
 
@@ -32,6 +65,14 @@ pub fn parse(line: &str, domain: &Domain) -> Result<Request, String> {
     let words = shell_words::split(line).map_err(|_| format!("cannot parse command {line:?}"))?;
     if words.first().is_some_and(|w| w == "rsync") {
         return crate::node::upload::parse(&words, domain).map(Request::Rsync);
+    }
+    if words.first().is_some_and(|w| w == "config") {
+        let Some(name) = words.get(1) else {
+            return Err(format!("config: name a site; usage: {CONFIG_USAGE}"));
+        };
+        let site = SiteName::parse(name, domain).map_err(|e| e.to_string())?;
+        let action = config_action(&words[2..])?;
+        return Ok(Request::Config { site, action });
     }
     let (cmd, path) = match words.as_slice() {
         [cmd, path] => (cmd.as_str(), path.as_str()),
@@ -50,7 +91,7 @@ pub fn parse(line: &str, domain: &Domain) -> Result<Request, String> {
 fn refusal_of(line: &str) -> String {
     let shown: String = line.chars().take(60).collect();
     format!(
-        "{shown:?} is not something this node runs; it accepts git push, git fetch and toppcloud update"
+        "{shown:?} is not something this node runs; it accepts git push, git fetch, toppcloud update and toppcloud config"
     )
 }
 
@@ -71,9 +112,65 @@ mod tests {
         );
         let e = parse("sh -c 'id'", d).unwrap_err();
         assert!(e.contains("is not something this node runs"), "{e}");
+        assert!(e.contains("toppcloud config"), "{e}");
         let e = parse("git-receive-pack '../etc'", d).unwrap_err();
         assert!(e.contains("invalid site name"), "{e}");
         let e = parse("git-receive-pack 'unterminated", d).unwrap_err();
         assert!(e.contains("cannot parse command"), "{e}");
+    }
+
+    fn config(line: &str) -> Result<(SiteName, ConfigAction), String> {
+        match parse(line, &crate::names::Domain::localhost())? {
+            Request::Config { site, action } => Ok((site, action)),
+            other => panic!("{line}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn config_lines_name_a_site_and_an_action() {
+        let d = &crate::names::Domain::localhost();
+        let blog = SiteName::parse("blog", d).unwrap();
+        assert_eq!(blog.as_str(), "blog.localhost");
+        assert_eq!(
+            config("config blog").unwrap(),
+            (blog.clone(), ConfigAction::List { values: false })
+        );
+        assert_eq!(
+            config("config blog.localhost --values").unwrap(),
+            (blog.clone(), ConfigAction::List { values: true })
+        );
+        // Shell-split: a quoted value keeps its spaces and quotes.
+        assert_eq!(
+            config("config blog set GREETING='hello world' DEBUG=0 Q=\"it's\"").unwrap(),
+            (
+                blog.clone(),
+                ConfigAction::Change(ConfigChange::Set(vec![
+                    ("GREETING".into(), "hello world".into()),
+                    ("DEBUG".into(), "0".into()),
+                    ("Q".into(), "it's".into()),
+                ]))
+            )
+        );
+        assert_eq!(
+            config("config blog unset DEBUG GREETING").unwrap(),
+            (
+                blog,
+                ConfigAction::Change(ConfigChange::Unset(vec!["DEBUG".into(), "GREETING".into()]))
+            )
+        );
+        for (line, why) in [
+            ("config", "name a site"),
+            ("config ../etc", "invalid site name"),
+            ("config blog set lower=1", "not a config var name"),
+            ("config blog set SITE=x", "set by the node"),
+            ("config blog set", "name at least one"),
+            ("config blog drop X", "not a config command"),
+            ("config blog --values set X=1", "usage: config SITE"),
+            ("config blog --delete", "usage: config SITE"),
+            ("config blog 'unterminated", "cannot parse command"),
+        ] {
+            let e = parse(line, d).unwrap_err();
+            assert!(e.contains(why), "{line}: {e}");
+        }
     }
 }

@@ -3,9 +3,10 @@
 //! the identity comes from the key whose signature was verified, never from
 //! a key merely offered. The only commands are `git-receive-pack` and
 //! `git-upload-pack` on a validated site name (the real git, on the
-//! repository's absolute path) and rsync's receiver for `toppcloud update`
-//! (its arguments built by the node, run as the site's account): nothing
-//! the client sends reaches a shell. Everything else (shells, ptys,
+//! repository's absolute path), rsync's receiver for `toppcloud update`
+//! (its arguments built by the node, run as the site's account) and
+//! `config SITE ...` for `toppcloud config` (served by the engine itself):
+//! nothing the client sends reaches a shell. Everything else (shells, ptys,
 //! forwarding, subsystems) is refused.
 
 use std::collections::HashMap;
@@ -25,11 +26,12 @@ use russh::{Channel, ChannelId, ChannelWriteHalf, MethodKind, MethodSet};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::settings::listing;
 use crate::engine::{DeployRequest, SiteTurn};
 use crate::layout::Layout;
 use crate::names::SiteName;
 use crate::node::Node;
-use crate::node::exec::Request;
+use crate::node::exec::{ConfigAction, Request};
 use crate::node::keys::{self, Identity};
 use crate::node::listen::{self, Gate, Pass, Throttle};
 
@@ -492,6 +494,7 @@ impl russh::server::Handler for Connection {
                 Request::Receive(_) => job.receive(channel).await,
                 Request::Fetch(_) => job.upload(channel).await,
                 Request::Rsync(upload) => job.rsync(channel, upload).await,
+                Request::Config { action, .. } => job.config(channel, action).await,
             };
             if let Err(e) = result {
                 tracing::warn!("git session: {e:#}");
@@ -643,6 +646,62 @@ impl GitJob {
             .deploy_in_turn(&turn, req, &progress)
             .await;
         let code = match deployed {
+            Ok(d) => {
+                progress.say(d.summary());
+                0
+            }
+            Err(e) => {
+                progress.say(format!("toppcloud: {e}"));
+                1
+            }
+        };
+        drop(progress);
+        let _ = forward.await;
+        finish(&w, code, &self.cancel).await;
+        Ok(())
+    }
+}
+
+impl GitJob {
+    /// `toppcloud config`: a listing on stdout (names, or `NAME=VALUE` when
+    /// asked), or a change deployed as a new release, its progress and
+    /// summary on stderr as an upload's are.
+    async fn config(self, channel: Channel<Msg>, action: ConfigAction) -> Result<()> {
+        let (_, w) = channel.split();
+        let change = match action {
+            ConfigAction::List { values } => {
+                let (code, text, stream) = match self.shared.engine.config_vars(&self.site) {
+                    Ok(vars) if vars.is_empty() => {
+                        (0, format!("{} has no config vars\n", self.site), Some(1))
+                    }
+                    Ok(vars) => (0, listing(&vars, values), None),
+                    Err(e) => {
+                        tracing::error!(site = %self.site, "cannot read config vars: {e:#}");
+                        let line = "toppcloud: cannot read the config vars (the details are in the node's log)\n";
+                        (1, line.to_string(), Some(1))
+                    }
+                };
+                let mut out = w.make_writer_ext(stream);
+                if out.write_all(text.as_bytes()).await.is_ok() {
+                    let _ = out.flush().await;
+                }
+                finish(&w, code, &self.cancel).await;
+                return Ok(());
+            }
+            ConfigAction::Change(change) => change,
+        };
+        let (progress, lines) = Progress::channel();
+        let forward = tokio::spawn(forward_lines(
+            lines,
+            w.make_writer_ext(Some(1)),
+            self.cancel.clone(),
+        ));
+        let result = self
+            .shared
+            .engine
+            .configure(&self.site, &change, &self.identity.name, &progress)
+            .await;
+        let code = match result {
             Ok(d) => {
                 progress.say(d.summary());
                 0

@@ -14,6 +14,7 @@ mod support;
 
 mod attacks;
 mod client;
+mod config;
 mod crash;
 mod deploy;
 mod failures;

@@ -1,0 +1,173 @@
+//! Running a command on a node through its SSH door, as `toppcloud config`
+//! does: the node's configured ssh command, port and key, and the remote
+//! command's words each quoted, so the node splits them back exactly as
+//! they were (a value with spaces or quotes survives). What the node prints
+//! comes through as it comes; its exit code is the command's.
+
+use std::process::{Command, Stdio};
+
+use anyhow::{Context, Result, bail};
+
+use crate::laptop::config::Node;
+use crate::names::SiteName;
+use crate::node::exec;
+
+/// The ssh command that runs `words` on the node.
+pub fn command(node: &Node, words: &[String]) -> Result<Command> {
+    let argv = node.ssh_argv();
+    let Some((program, options)) = argv.split_first().filter(|(p, _)| !p.starts_with('-')) else {
+        bail!(
+            "the ssh command of {} is empty\nhint: set ssh = \"ssh\" (or leave it out) in the node's entry",
+            node.url()
+        );
+    };
+    let line: Vec<String> = words
+        .iter()
+        .map(|w| shell_words::quote(w).into_owned())
+        .collect();
+    let mut cmd = Command::new(program);
+    cmd.args(options)
+        .arg(format!("{}@{}", node.user, node.host))
+        .arg(line.join(" "));
+    Ok(cmd)
+}
+
+/// Runs `words` on the node; the remote command's exit code. When ssh
+/// itself fails (255: the node refused the key or cannot be reached), the
+/// error says so with a hint instead.
+pub fn run(node: &Node, words: &[String]) -> Result<i32> {
+    let mut cmd = command(node, words)?;
+    cmd.stdin(Stdio::null()).stderr(Stdio::piped());
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!(
+                "{} not found\nhint: apt-get install openssh-client",
+                cmd.get_program().to_string_lossy()
+            )
+        }
+        Err(e) => return Err(e).context("cannot run ssh"),
+    };
+    // The node's lines arrive on stderr: shown as they come, and read for
+    // the ssh failures that deserve a hint.
+    let mut refused = false;
+    let mut unreachable = false;
+    if let Some(err) = child.stderr.take() {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            refused |= line.contains("Permission denied");
+            unreachable |= line.contains("Connection refused")
+                || line.contains("Could not resolve hostname")
+                || line.contains("No route to host");
+            eprintln!("{line}");
+        }
+    }
+    let status = child.wait().context("waiting for ssh")?;
+    let code = status.code().unwrap_or(1);
+    if code == 255 {
+        if refused {
+            bail!(
+                "the node at {} refused this key\nhint: on the node, add it with `toppcloud node keys add NAME KEY.pub`",
+                node.url()
+            );
+        }
+        if unreachable {
+            bail!("cannot reach the node at {}: is it running?", node.url());
+        }
+    }
+    Ok(code)
+}
+
+/// The words of `toppcloud config SITE [--values | set K=V... | unset K...]`
+/// after the site, checked here as the node would check them, so a
+/// mistake is told before anything (no value either) leaves the laptop.
+pub fn config_words(site: &str, values: bool, change: &[String]) -> Result<Vec<String>> {
+    SiteName::check_shape(site).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let words = if values {
+        vec!["--values".to_string()]
+    } else {
+        change.to_vec()
+    };
+    exec::config_action(&words).map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(words)
+}
+
+/// `toppcloud config`: the node lists (stdout) or deploys the change
+/// (progress on stderr, ending with the deploy's summary); its exit code.
+pub fn config(site: &str, values: bool, change: &[String], node: &Node) -> Result<i32> {
+    let words = config_words(site, values, change)?;
+    let mut remote = vec!["config".to_string(), site.to_string()];
+    remote.extend(words);
+    run(node, &remote)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(s: &[&str]) -> Vec<String> {
+        s.iter().map(|w| w.to_string()).collect()
+    }
+
+    #[test]
+    fn the_remote_line_splits_back_into_the_same_words() {
+        let mut node = Node::parse_url("ssh://deploy@node.example.com:2201").unwrap();
+        node.key = Some("/home/me/my keys/id".into());
+        node.ssh = words(&["ssh", "-o", "BatchMode=yes"]);
+        let sent = words(&[
+            "config",
+            "blog.example.com",
+            "set",
+            "GREETING=hello world",
+            "Q=it's \"quoted\" $HOME `id`; rm -rf /",
+            "EMPTY=",
+        ]);
+        let cmd = command(&node, &sent).unwrap();
+        assert_eq!(cmd.get_program(), "ssh");
+        let args: Vec<String> = cmd
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(
+            args[..args.len() - 1],
+            words(&[
+                "-o",
+                "BatchMode=yes",
+                "-p",
+                "2201",
+                "-i",
+                "/home/me/my keys/id",
+                "-o",
+                "IdentitiesOnly=yes",
+                "deploy@node.example.com",
+            ])
+        );
+        let line = args.last().unwrap();
+        assert_eq!(shell_words::split(line).unwrap(), sent);
+        // And the node reads it as the same change.
+        let d = crate::names::Domain::localhost();
+        match exec::parse(line, &d).unwrap() {
+            exec::Request::Config {
+                action:
+                    exec::ConfigAction::Change(crate::engine::settings::ConfigChange::Set(pairs)),
+                ..
+            } => assert_eq!(pairs[0].1, "hello world"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn config_words_are_checked_before_anything_is_sent() {
+        assert_eq!(config_words("blog", true, &[]).unwrap(), ["--values"]);
+        assert!(config_words("blog", false, &[]).unwrap().is_empty());
+        let set = words(&["set", "DEBUG=0"]);
+        assert_eq!(config_words("blog.example.com", false, &set).unwrap(), set);
+        let e = config_words("blog", false, &words(&["set", "lower=1"])).unwrap_err();
+        assert!(e.to_string().contains("not a config var name"), "{e}");
+        let e = config_words("-oProxyCommand=x", false, &[]).unwrap_err();
+        assert!(!e.to_string().is_empty());
+        let mut node = Node::parse_url("ssh://u@h").unwrap();
+        node.ssh = Vec::new();
+        assert!(command(&node, &set).is_err());
+    }
+}
