@@ -1072,9 +1072,9 @@ impl Engine {
             .env("VIRTUAL_ENV", &venv)
             .env("HOME", self.layout.site_home(site))
             // Python writes a pipe's stdout in blocks, its stderr at once:
-            // unbuffered, what the task printed before it failed (Django's
-            // "Applying notes.0002...") comes before its traceback, as in
-            // a terminal.
+            // unbuffered, what a task printed comes in the order it printed
+            // it (its progress before the traceback that ended it), as in a
+            // terminal.
             .env("PYTHONUNBUFFERED", "1")
             .current_dir(&app_dir);
         if let Some(a) = account {

@@ -115,6 +115,9 @@ def sign():
     return "signed\n", 200, {"Content-Type": "text/plain"}
 "#;
 
+/// Two deploys after the app wrote its file. (A config change deploys
+/// through the same pipeline, `Engine::configure`; it gets its case here
+/// once a door to it, `toppcloud node config`, exists.)
 #[test]
 fn flask_app_keeps_what_it_writes_to_config_files_across_deploys() {
     require_wheelhouse();
