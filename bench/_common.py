@@ -5,7 +5,9 @@
 - Node: a private node in a fresh temp dir (loopback ports picked by the
   kernel), started and stopped as a context manager; the temp dir and the
   node (with its Apache) are cleaned up even when the benchmark fails.
-- write_app(): a trivial WSGI app or a Flask app whose body is a given text.
+- write_app(): a trivial WSGI app or a Flask app whose body is a given text;
+  write_django_app(): a Django project on the site's PostgreSQL database,
+  migrated by its release task, whose index view answers a given text.
 - get(), wait_body(): plain HTTP/1.1 requests to the node's Apache on
   127.0.0.1 with a Host header.
 - percentile(), median(), ms(): the statistics the scripts print.
@@ -175,6 +177,149 @@ def write_app(app_dir, body, flask=False, name="bench"):
         os.remove(req)
 
 
+# A Django project laid out as `django-admin startproject benchsite` and
+# `manage.py startapp notes` lay it out (settings trimmed to what differs:
+# the secret, the hosts and the database come from the node), with one model
+# and its migration. Its release task, `manage.py migrate --noinput`, runs at
+# every deploy; after the first one it has nothing to apply.
+DJANGO_FILES = {
+    "app.ini": (
+        "[production]\napp_name = {name}\nversion = 1\n"
+        "runner = benchsite/wsgi.py\n"
+        "update_fetch = script:manage.py migrate --noinput\n"
+        "service.postgresql =\n"),
+    "requirements.txt": "django\ndj-database-url\npsycopg2-binary\n",
+    "manage.py": '''\
+#!/usr/bin/env python
+import os
+import sys
+
+if __name__ == "__main__":
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchsite.settings")
+    from django.core.management import execute_from_command_line
+    execute_from_command_line(sys.argv)
+''',
+    "benchsite/__init__.py": "",
+    "benchsite/settings.py": '''\
+import os
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SECRET_KEY = os.environ["CONFIG_SECRET"]
+DEBUG = False
+ALLOWED_HOSTS = ["." + os.environ["CANONICAL_HOST"]]
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "notes",
+]
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+ROOT_URLCONF = "benchsite.urls"
+TEMPLATES = [{
+    "BACKEND": "django.template.backends.django.DjangoTemplates",
+    "DIRS": [],
+    "APP_DIRS": True,
+    "OPTIONS": {"context_processors": [
+        "django.template.context_processors.request",
+        "django.contrib.auth.context_processors.auth",
+        "django.contrib.messages.context_processors.messages",
+    ]},
+}]
+WSGI_APPLICATION = "benchsite.wsgi.application"
+DATABASES = {"default": dj_database_url.config()}
+USE_TZ = True
+STATIC_URL = "static/"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+''',
+    "benchsite/urls.py": '''\
+from django.contrib import admin
+from django.urls import path
+
+from notes import views
+
+urlpatterns = [path("admin/", admin.site.urls), path("", views.index)]
+''',
+    "benchsite/wsgi.py": '''\
+import os
+
+from django.core.wsgi import get_wsgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "benchsite.settings")
+application = get_wsgi_application()
+''',
+    "notes/__init__.py": "",
+    "notes/models.py": '''\
+from django.db import models
+
+
+class Note(models.Model):
+    text = models.CharField(max_length=200)
+''',
+    "notes/migrations/__init__.py": "",
+    "notes/migrations/0001_initial.py": '''\
+from django.db import migrations, models
+
+
+class Migration(migrations.Migration):
+    initial = True
+    dependencies = []
+    operations = [
+        migrations.CreateModel(
+            name="Note",
+            fields=[
+                ("id", models.BigAutoField(auto_created=True, primary_key=True,
+                                           serialize=False, verbose_name="ID")),
+                ("text", models.CharField(max_length=200)),
+            ],
+        ),
+    ]
+''',
+}
+
+DJANGO_VIEWS = '''\
+from django.http import HttpResponse
+
+from .models import Note
+
+BODY = {body!r}
+
+
+def index(request):
+    Note.objects.count()  # a query, so the answer needs the database
+    return HttpResponse(BODY, content_type="text/plain")
+'''
+
+
+def write_django_app(app_dir, body, name="bench"):
+    """Writes the Django project (DJANGO_FILES); its index view answers GET /
+    with exactly `body` (a str) after a query. Only notes/views.py changes
+    between calls, so the venv is reused and migrate has nothing to do."""
+    for rel, text in DJANGO_FILES.items():
+        path = os.path.join(app_dir, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(text.format(name=name) if rel == "app.ini" else text)
+    views = os.path.join(app_dir, "notes", "views.py")
+    tmp = views + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(DJANGO_VIEWS.format(body=body))
+    os.replace(tmp, views)
+
+
 # --- HTTP -----------------------------------------------------------------------
 
 def get(port, host, path="/", timeout=5.0):
@@ -236,9 +381,12 @@ class Node:
 
     def __init__(self, binary, ready_timeout=60.0, stop_timeout=60.0,
                  keep_tmp=False, ssh=False, apache_cells=None,
-                 extra_http="", extra_config=""):
+                 extra_http="", extra_config="", wheelhouse=None):
         """extra_http: lines added to the config's [http] table;
-        extra_config: TOML appended after the last table ([sites.*]).
+        extra_config: TOML appended after the last table ([sites.*]);
+        wheelhouse: a directory of wheels the node installs from, and from
+        nothing else (`[build] find_links`, `no_index = true`); without it,
+        the package index.
         The node always listens for ssh on a free loopback port (a dev node
         or another bench may hold 2222); ssh=True also requires node.ready to
         name it (node.ssh_port). apache_cells sets [apache] cells (a site
@@ -246,6 +394,7 @@ class Node:
         self.binary = binary
         self.extra_http = extra_http
         self.extra_config = extra_config
+        self.wheelhouse = wheelhouse
         self.ssh = ssh
         self.apache_cells = apache_cells
         self.ssh_addr = self.ssh_port = None
@@ -293,6 +442,8 @@ class Node:
                    if self.apache_cells else '')
                 + '[ssh]\nlisten = "127.0.0.1:0"\n'
                 + f'[build]\nkeep_releases = 5\nuv_cache_dir = "{uv_cache}"\n'
+                + (f'find_links = ["{self.wheelhouse}"]\nno_index = true\n'
+                   if self.wheelhouse else '')
                 + f'{self.extra_config}'
             )
         self.log_path = os.path.join(self.tmp, "node.log")

@@ -1076,13 +1076,20 @@ impl Engine {
             )
             .env("VIRTUAL_ENV", &venv)
             .env("HOME", self.layout.site_home(site))
+            // Python writes a pipe's stdout in blocks, its stderr at once:
+            // unbuffered, what a task printed comes in the order it printed
+            // it (its progress before the traceback that ended it), as in a
+            // terminal.
+            .env("PYTHONUNBUFFERED", "1")
             .current_dir(&app_dir);
         if let Some(a) = account {
             a.apply(&mut cmd);
         }
+        // The error names the task and how it ended ("script:manage.py
+        // migrate failed (exit status: 1)"), with its last lines.
         crate::process::run_streamed(cmd, &shown, "       ", progress)
             .await
-            .with_context(|| format!("app.ini:{}: {shown} failed", task.line))?;
+            .map_err(|e| anyhow::anyhow!("app.ini:{}: {e}", task.line))?;
         Ok(())
     }
 

@@ -21,6 +21,7 @@ mod failures;
 mod limits;
 mod node;
 mod push;
+mod real_apps;
 mod records;
 mod runners;
 mod system;

@@ -195,8 +195,10 @@ pub fn curl(url: &str, resolve: Option<&str>) -> Answer {
 /// from the wheelhouse only, with the suite's uv cache.
 pub fn toppcloud_cmd() -> Command {
     let mut cmd = client_command(super::BIN);
+    // uv reads no UV_NO_INDEX (0.13 still queries the index with it set):
+    // offline, it takes what find-links and its cache hold, and nothing else.
     cmd.env("UV_CACHE_DIR", uv_cache())
-        .env("UV_NO_INDEX", "1")
+        .env("UV_OFFLINE", "1")
         .env("PIP_NO_INDEX", "1")
         .env("PIP_NO_CACHE_DIR", "1")
         .env("PIP_DISABLE_PIP_VERSION_CHECK", "1");
