@@ -63,19 +63,6 @@ impl Laptop {
     }
 }
 
-/// `toppcloud node config ARGS...` on the node.
-fn node_config(node: &Node, args: &[&str]) -> Run {
-    let mut cmd = node.command();
-    cmd.args(["node", "config"])
-        .args(args)
-        .arg("--config")
-        .arg(&node.config);
-    Run::from(
-        format!("toppcloud node config {}", args.join(" ")),
-        run_with_timeout(cmd, Duration::from_secs(240)),
-    )
-}
-
 /// A bare ssh to the node's door running `line`, as someone might by hand.
 fn ssh(node: &Node, key: &Path, line: &str) -> Run {
     let mut cmd = client_command("ssh");
@@ -215,10 +202,10 @@ fn config_set_makes_a_new_release_with_the_new_values_and_keeps_them_out_of_sigh
 fn node_config_changes_and_lists_on_the_node() {
     let node = node();
     node.deploy("blog", &env_app()).success();
-    node_config(&node, &["blog"])
+    node.config_cmd(&["blog"])
         .success()
         .stderr_has("blog.localhost has no config vars");
-    let set = node_config(&node, &["blog", "set", "GREETING=hello world"]);
+    let set = node.config_cmd(&["blog", "set", "GREETING=hello world"]);
     set.success()
         .stdout_has("-----> config set GREETING by node config")
         .stdout_has("(release 2, version 1); deploy ")
@@ -233,13 +220,13 @@ fn node_config_changes_and_lists_on_the_node() {
         "{record}"
     );
     assert!(!record.contains("hello world"), "{record}");
-    let list = node_config(&node, &["blog.localhost"]);
+    let list = node.config_cmd(&["blog.localhost"]);
     list.success();
     assert_eq!(list.stdout, "GREETING\n");
-    let values = node_config(&node, &["blog", "--values"]);
+    let values = node.config_cmd(&["blog", "--values"]);
     values.success();
     assert_eq!(values.stdout, "GREETING=hello world\n");
-    node_config(&node, &["blog", "unset", "GREETING"]).success();
+    node.config_cmd(&["blog", "unset", "GREETING"]).success();
     assert_eq!(node.body("blog.localhost"), "GREETING=- DEBUG=-\n");
     assert!(!node.log().contains("hello world"), "{}", node.log());
 }
@@ -275,7 +262,7 @@ fn config_is_refused_with_the_reason_and_nothing_deploys() {
     ssh(&node, &key, "config blog set lower=1")
         .failure()
         .stderr_has(reason);
-    node_config(&node, &["blog", "set", "lower=1"])
+    node.config_cmd(&["blog", "set", "lower=1"])
         .failure()
         .stderr_has(reason);
     ssh(&node, &key, "config blog set SITE=evil")
@@ -287,7 +274,7 @@ fn config_is_refused_with_the_reason_and_nothing_deploys() {
         .toppcloud(&["config", "new.localhost", "set", "GREETING=hi"])
         .failure()
         .stderr_has("new.localhost has no live release yet: deploy it first");
-    node_config(&node, &["new", "set", "GREETING=hi"])
+    node.config_cmd(&["new", "set", "GREETING=hi"])
         .failure()
         .stderr_has("new.localhost has no live release yet: deploy it first");
 

@@ -115,11 +115,10 @@ def sign():
     return "signed\n", 200, {"Content-Type": "text/plain"}
 "#;
 
-/// Two deploys after the app wrote its file. (A config change deploys
-/// through the same pipeline, `Engine::configure`; it gets its case here
-/// once a door to it, `toppcloud node config`, exists.)
+/// Deploys and a config change after the app wrote its file: the files
+/// directory outlives every release.
 #[test]
-fn flask_app_keeps_what_it_writes_to_config_files_across_deploys() {
+fn flask_app_keeps_what_it_writes_to_config_files_across_deploys_and_a_config_change() {
     require_wheelhouse();
     let node = Node::start();
     let app = App::new();
@@ -152,9 +151,16 @@ fn flask_app_keeps_what_it_writes_to_config_files_across_deploys() {
     );
     node.deploy("guestbook", &app).success();
     assert_eq!(node.body(host), "guestbook v3\nann\nbob\n");
+    // A config change is a new release too: the files stay.
+    node.config_cmd(&["guestbook", "set", "GREETING=hi"])
+        .success();
+    assert_eq!(node.body(host), "guestbook v3\nann\nbob\n");
+    assert_eq!(post(&node, host, "/sign", "name=cy").body, "signed\n");
+    node.deploy("guestbook", &app).success();
+    assert_eq!(node.body(host), "guestbook v3\nann\nbob\ncy\n");
     assert_eq!(
         node.body("prev.guestbook.localhost"),
-        "guestbook v2\nann\nbob\n"
+        "guestbook v3\nann\nbob\ncy\n"
     );
     assert_eq!(
         std::fs::read_to_string(
@@ -164,7 +170,7 @@ fn flask_app_keeps_what_it_writes_to_config_files_across_deploys() {
                 .join("files/guestbook.txt")
         )
         .expect("the site's files directory"),
-        "ann\nbob\n"
+        "ann\nbob\ncy\n"
     );
 }
 

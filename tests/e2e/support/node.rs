@@ -203,6 +203,19 @@ impl Node {
         }
     }
 
+    /// `toppcloud node config ARGS...` against this node.
+    pub fn config_cmd(&self, args: &[&str]) -> Run {
+        let mut cmd = self.command();
+        cmd.args(["node", "config"])
+            .args(args)
+            .arg("--config")
+            .arg(&self.config);
+        Run::from(
+            format!("toppcloud node config {}", args.join(" ")),
+            run_with_timeout(cmd, Duration::from_secs(240)),
+        )
+    }
+
     /// Waits (10 s at most) for the node's log to say `text`: a line the
     /// node writes as it acts, which may follow what the client saw by a
     /// moment.
