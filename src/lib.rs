@@ -8,6 +8,7 @@ pub mod accounts;
 pub mod app_ini;
 pub mod atomic;
 pub mod config;
+pub mod database;
 pub mod dirs;
 pub mod layout;
 pub mod names;

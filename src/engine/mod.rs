@@ -348,31 +348,23 @@ impl Engine {
             .context("exporting was interrupted")
             .and_then(|r| r)
         };
+        let req = DeployRequest {
+            site: turn.site.clone(),
+            source: tree.clone(),
+            origin,
+            sha: Some(sha.to_string()),
+            record,
+            config: None,
+        };
         let deployed = match exported {
             Ok(()) => {
                 if tree.join(".gitmodules").exists() {
                     progress
                         .say("warning: submodules are not fetched; their directories are empty");
                 }
-                let req = DeployRequest {
-                    site: turn.site.clone(),
-                    source: tree.clone(),
-                    origin,
-                    sha: Some(sha.to_string()),
-                    record,
-                    config: None,
-                };
                 self.deploy_in_turn(turn, req, progress).await
             }
             Err(e) => {
-                let req = DeployRequest {
-                    site: turn.site.clone(),
-                    source: tree.clone(),
-                    origin,
-                    sha: Some(sha.to_string()),
-                    record,
-                    config: None,
-                };
                 let record = self.record_for(&req);
                 let error = DeployError::Node(e.context(format!("cannot export {sha}")));
                 self.close_record(&record, &Err(error))

@@ -60,6 +60,27 @@ pub struct Deploy {
     pub log_lines_dropped: usize,
 }
 
+impl Deploy {
+    /// A deploy waiting for the site's turn.
+    fn queued(id: &str, site: &SiteName, by: String, force: bool, now: String) -> Deploy {
+        Deploy {
+            id: id.to_string(),
+            site: site.clone(),
+            status: Status::Queued,
+            requested_by: vec![by],
+            force,
+            queued_at: now,
+            started_at: None,
+            finished_at: None,
+            sha: None,
+            release: None,
+            message: None,
+            log: Vec::new(),
+            log_lines_dropped: 0,
+        }
+    }
+}
+
 fn is_zero(n: &usize) -> bool {
     *n == 0
 }
@@ -118,6 +139,16 @@ struct Inner {
     queues: HashMap<SiteName, SiteQueue>,
 }
 
+impl Inner {
+    fn insert(&mut self, d: Deploy) {
+        self.by_site
+            .entry(d.site.clone())
+            .or_default()
+            .push_back(d.id.clone());
+        self.deploys.insert(d.id.clone(), d);
+    }
+}
+
 impl Default for Registry {
     fn default() -> Self {
         Registry::new()
@@ -159,29 +190,7 @@ impl Registry {
         } else {
             queue.running = Some(id.clone());
         }
-        inner.deploys.insert(
-            id.clone(),
-            Deploy {
-                id: id.clone(),
-                site: site.clone(),
-                status: Status::Queued,
-                requested_by: vec![by],
-                force,
-                queued_at: now,
-                started_at: None,
-                finished_at: None,
-                sha: None,
-                release: None,
-                message: None,
-                log: Vec::new(),
-                log_lines_dropped: 0,
-            },
-        );
-        inner
-            .by_site
-            .entry(site.clone())
-            .or_default()
-            .push_back(id.clone());
+        inner.insert(Deploy::queued(&id, site, by, force, now));
         if running {
             Enqueued::Pending(id)
         } else {
@@ -195,29 +204,7 @@ impl Registry {
         let mut inner = self.inner();
         inner.next += 1;
         let id = format!("{}-{}", inner.next, self.boot);
-        inner.deploys.insert(
-            id.clone(),
-            Deploy {
-                id: id.clone(),
-                site: site.clone(),
-                status: Status::Queued,
-                requested_by: vec![by],
-                force: false,
-                queued_at: now,
-                started_at: None,
-                finished_at: None,
-                sha: None,
-                release: None,
-                message: None,
-                log: Vec::new(),
-                log_lines_dropped: 0,
-            },
-        );
-        inner
-            .by_site
-            .entry(site.clone())
-            .or_default()
-            .push_back(id.clone());
+        inner.insert(Deploy::queued(&id, site, by, false, now));
         id
     }
 

@@ -34,6 +34,7 @@ use tokio::process::Command;
 
 use crate::accounts::{self, Account};
 use crate::config::{PostgresConfig, PostgresMode};
+use crate::database::{Database, percent_decode, percent_encode};
 use crate::dirs::create_dir;
 use crate::layout::Layout;
 use crate::names::SiteName;
@@ -292,35 +293,29 @@ impl fmt::Debug for Credentials {
 }
 
 impl Credentials {
-    /// `scheme://user:password@host:port/dbname`, every part percent-encoded.
-    pub fn url(&self, scheme: &str) -> String {
-        format!(
-            "{scheme}://{}:{}@{}:{}/{}",
-            percent_encode(&self.user),
-            percent_encode(&self.password),
-            url_host(&self.host),
-            self.port,
-            percent_encode(&self.dbname)
-        )
+    /// The database as the app is given it.
+    pub fn database(&self) -> Database {
+        Database {
+            user: self.user.clone(),
+            password: self.password.clone(),
+            host: self.host.clone(),
+            port: self.port,
+            dbname: self.dbname.clone(),
+        }
     }
 
-    /// The app's environment: the original toppcloud's `CONFIG_PG_*`
-    /// names, and `DATABASE_URL` (what dj-database-url and most frameworks
-    /// read).
+    /// `scheme://user:password@host:port/dbname`, every part percent-encoded.
+    pub fn url(&self, scheme: &str) -> String {
+        self.database().url(scheme)
+    }
+
+    /// The app's environment: `CONFIG_PG_*` and `DATABASE_URL`.
     pub fn env(&self) -> BTreeMap<String, String> {
-        [
-            ("CONFIG_PG_DBNAME", self.dbname.clone()),
-            ("CONFIG_PG_USER", self.user.clone()),
-            ("CONFIG_PG_PASSWORD", self.password.clone()),
-            ("CONFIG_PG_HOST", self.host.clone()),
-            ("CONFIG_PG_PORT", self.port.to_string()),
-            // SQLAlchemy 1.4 and later refuse the `postgres://` scheme.
-            ("CONFIG_PG_SQLALCHEMY", self.url("postgresql")),
-            ("DATABASE_URL", self.url("postgres")),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect()
+        self.database()
+            .env()
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
     }
 }
 
@@ -331,45 +326,6 @@ fn url_host(host: &str) -> String {
     } else {
         host.to_string()
     }
-}
-
-/// Percent-encodes everything but RFC 3986's unreserved characters, so
-/// the result is safe in any part of a URL.
-pub fn percent_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
-
-fn percent_decode(s: &str) -> Result<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' {
-            let hex = s
-                .get(i + 1..i + 3)
-                .context("a '%' is not followed by two hex digits")?;
-            out.push(
-                u8::from_str_radix(hex, 16).context("a '%' is not followed by two hex digits")?,
-            );
-            i += 3;
-        } else {
-            out.push(bytes[i]);
-            i += 1;
-        }
-    }
-    let text = String::from_utf8(out).context("not UTF-8 once decoded")?;
-    if text.chars().any(char::is_control) {
-        bail!("control characters are not allowed");
-    }
-    Ok(text)
 }
 
 /// An SQL identifier, quoted.
