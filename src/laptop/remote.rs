@@ -48,8 +48,21 @@ pub fn run(node: &Node, words: &[String]) -> Result<i32> {
         }
         Err(e) => return Err(e).context("cannot run ssh"),
     };
-    // The node's lines arrive on stderr: shown as they come, and read for
-    // the ssh failures that deserve a hint.
+    let status = relay_stderr(&mut child, node, "ssh", |s| s.code() == Some(255))?;
+    let code = status.code().unwrap_or(1);
+    Ok(code)
+}
+
+/// Shows the node's lines (which arrive on stderr) as they come, waits for
+/// `child`, and, when `ssh_failed` says the exit status is ssh's own
+/// failure, turns the ones that deserve a hint into errors: a key the node
+/// refused, a node that cannot be reached.
+pub fn relay_stderr(
+    child: &mut std::process::Child,
+    node: &Node,
+    program: &str,
+    ssh_failed: impl Fn(&std::process::ExitStatus) -> bool,
+) -> Result<std::process::ExitStatus> {
     let mut refused = false;
     let mut unreachable = false;
     if let Some(err) = child.stderr.take() {
@@ -62,9 +75,10 @@ pub fn run(node: &Node, words: &[String]) -> Result<i32> {
             eprintln!("{line}");
         }
     }
-    let status = child.wait().context("waiting for ssh")?;
-    let code = status.code().unwrap_or(1);
-    if code == 255 {
+    let status = child
+        .wait()
+        .with_context(|| format!("waiting for {program}"))?;
+    if ssh_failed(&status) {
         if refused {
             bail!(
                 "the node at {} refused this key\nhint: on the node, add it with `toppcloud node keys add NAME KEY.pub`",
@@ -75,7 +89,7 @@ pub fn run(node: &Node, words: &[String]) -> Result<i32> {
             bail!("cannot reach the node at {}: is it running?", node.url());
         }
     }
-    Ok(code)
+    Ok(status)
 }
 
 /// The words of `toppcloud config SITE [--values | set K=V... | unset K...]`

@@ -51,31 +51,8 @@ pub fn run(dir: &Path, host: Option<&str>, node: &Node, etc_hosts: bool) -> Resu
         }
         Err(e) => return Err(e).context("cannot run rsync"),
     };
-    // The node's progress arrives on stderr: shown as it comes, and read
-    // for the ssh failures that deserve a hint.
-    let mut refused = false;
-    let mut unreachable = false;
-    if let Some(err) = child.stderr.take() {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
-            refused |= line.contains("Permission denied");
-            unreachable |= line.contains("Connection refused")
-                || line.contains("Could not resolve hostname")
-                || line.contains("No route to host");
-            eprintln!("{line}");
-        }
-    }
-    let status = child.wait().context("waiting for rsync")?;
+    let status = crate::laptop::remote::relay_stderr(&mut child, node, "rsync", |s| !s.success())?;
     if !status.success() {
-        if refused {
-            bail!(
-                "the node at {} refused this key\nhint: on the node, add it with `toppcloud node keys add NAME KEY.pub`",
-                node.url()
-            );
-        }
-        if unreachable {
-            bail!("cannot reach the node at {}: is it running?", node.url());
-        }
         bail!("update of {site} failed (the reason is above); the live release is unchanged");
     }
     if !resolves(&site) {

@@ -645,6 +645,19 @@ impl GitJob {
             .engine
             .deploy_in_turn(&turn, req, &progress)
             .await;
+        self.finish_deploy(&w, deployed, progress, forward).await;
+        Ok(())
+    }
+
+    /// The last line of a deploy the client watched (its summary, or why it
+    /// failed), then its exit status.
+    async fn finish_deploy(
+        &self,
+        w: &ChannelWriteHalf<Msg>,
+        deployed: Result<crate::engine::Deployed, crate::engine::Failed>,
+        progress: Progress,
+        forward: tokio::task::JoinHandle<()>,
+    ) {
         let code = match deployed {
             Ok(d) => {
                 progress.say(d.summary());
@@ -657,8 +670,7 @@ impl GitJob {
         };
         drop(progress);
         let _ = forward.await;
-        finish(&w, code, &self.cancel).await;
-        Ok(())
+        finish(w, code, &self.cancel).await;
     }
 }
 
@@ -701,19 +713,7 @@ impl GitJob {
             .engine
             .configure(&self.site, &change, &self.identity.name, &progress)
             .await;
-        let code = match result {
-            Ok(d) => {
-                progress.say(d.summary());
-                0
-            }
-            Err(e) => {
-                progress.say(format!("toppcloud: {e}"));
-                1
-            }
-        };
-        drop(progress);
-        let _ = forward.await;
-        finish(&w, code, &self.cancel).await;
+        self.finish_deploy(&w, result, progress, forward).await;
         Ok(())
     }
 }
