@@ -200,6 +200,12 @@ impl IntoResponse for ApiError {
         }
         let status = self.status();
         let mut r = (status, Json(json!({ "error": self.to_string() }))).into_response();
+        // An error may come before the request's body was read (an unknown
+        // site, a missing token): the connection cannot carry another
+        // request, and the client must be told so rather than find out by
+        // writing into a closed socket.
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
         if matches!(self, ApiError::Unauthorized(_)) {
             r.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

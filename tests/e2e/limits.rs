@@ -502,6 +502,13 @@ fn webhook_body_is_not_read_for_an_unknown_site() {
         assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
         assert!(answer.contains("takes webhooks on this node"), "{answer}");
         assert!(took < Duration::from_secs(5), "{took:?}");
+        // The body was not read, so the connection cannot carry another
+        // request: a keep-alive client is told, not left to write into a
+        // closed socket.
+        assert!(
+            answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
     }
     // A configured site refuses a declared body over max_body before
     // reading it.
