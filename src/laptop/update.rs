@@ -30,7 +30,10 @@ pub fn run(dir: &Path, host: Option<&str>, node: &Node, etc_hosts: bool) -> Resu
     crate::names::SiteName::check_shape(&site).map_err(|e| anyhow::anyhow!("--host: {e}"))?;
     let mut cmd = Command::new("rsync");
     // No -p: the node refuses it (see upload.rs); staging sets permissions.
-    cmd.args(["-rltz", "--delete", "-i"]);
+    // -c: files are compared by content, not by size and time: an edit in
+    // the second of the last upload that kept the size would otherwise be
+    // skipped (and the old file deployed).
+    cmd.args(["-rltzc", "--delete", "-i"]);
     for e in crate::app_ini::EXCLUDED {
         cmd.arg(format!("--exclude={e}"));
     }

@@ -104,6 +104,38 @@ fn update_deploys_a_new_site_and_prints_the_hosts_line() {
 }
 
 #[test]
+fn an_edit_that_keeps_size_and_time_is_still_sent() {
+    let node = Node::start();
+    let laptop = Laptop::new(&node);
+    let app = App::plain("blog", 1, "first\n");
+    laptop.update(&app, "blog.localhost").success();
+    assert_eq!(node.body("blog.localhost"), "first\n");
+    // Same length, and the old modification time put back: rsync's quick
+    // check (size and time) would call it unchanged.
+    let path = app.path.join("main.py");
+    let mtime = std::fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .expect("mtime");
+    let text = std::fs::read_to_string(&path).expect("read");
+    std::fs::write(&path, text.replace("first", "other")).expect("write");
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .and_then(|f| f.set_modified(mtime))
+        .expect("set mtime");
+    let r = laptop.update(&app, "blog.localhost");
+    r.success();
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("<f") && l.ends_with(" main.py")),
+        "main.py was not sent:\n{}",
+        r.stdout
+    );
+    assert_eq!(node.body("blog.localhost"), "other\n");
+}
+
+#[test]
 fn a_second_update_sends_only_what_changed() {
     let node = Node::start();
     let laptop = Laptop::new(&node);
