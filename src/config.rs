@@ -335,6 +335,19 @@ impl Default for BuildConfig {
     }
 }
 
+/// Whether a node runs on `data_dir`: its ready file names a live process.
+pub fn node_running(data_dir: &Path) -> bool {
+    let Ok(text) = std::fs::read_to_string(data_dir.join("node.ready")) else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return false;
+    };
+    v["pid"]
+        .as_u64()
+        .is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists())
+}
+
 /// Where `--dev` keeps its data when no `--data-dir` is given: the user's
 /// data directory, except for root, whose home is private while Apache
 /// serves the apps as www-data.
@@ -370,6 +383,34 @@ impl NodeConfig {
         let cfg: NodeConfig =
             toml::from_str(&text).with_context(|| format!("{}: invalid config", path.display()))?;
         Ok(cfg)
+    }
+
+    /// `resolve`, for a command that talks to a running node (`node keys`,
+    /// `node deploy`, ...): with no flag naming one, when no node runs on
+    /// the default data dir (and it has no config) but a dev node runs, the
+    /// dev node is the one meant, and stderr says so. The README's first
+    /// command starts a dev node; its next ones need not repeat `--dev`.
+    pub fn resolve_running(
+        config: Option<&Path>,
+        data_dir: Option<&Path>,
+        dev: bool,
+    ) -> Result<NodeConfig> {
+        if config.is_none() && data_dir.is_none() && !dev {
+            let default = NodeConfig::default().data_dir;
+            if !default.join("node.toml").is_file()
+                && !node_running(&default)
+                && let Ok(dev_dir) = dev_data_dir()
+                && node_running(&dev_dir)
+            {
+                eprintln!(
+                    "toppcloud: no node runs on {}; using the dev node on {} (--dev, --data-dir or --config choose)",
+                    default.display(),
+                    dev_dir.display()
+                );
+                return NodeConfig::resolve(None, Some(&dev_dir), true);
+            }
+        }
+        NodeConfig::resolve(config, data_dir, dev)
     }
 
     /// Resolves the flags every `node` subcommand shares. Precedence:
@@ -843,6 +884,23 @@ mod tests {
             let text = format!("{err:#}");
             assert!(text.contains(expected), "{body}: {text}");
         }
+    }
+
+    #[test]
+    fn a_running_node_is_known_by_its_ready_file() {
+        let d = tempfile::tempdir().unwrap();
+        assert!(!node_running(d.path()), "no ready file");
+        std::fs::write(
+            d.path().join("node.ready"),
+            format!("{{\"pid\": {}}}", std::process::id()),
+        )
+        .unwrap();
+        assert!(node_running(d.path()), "this process is alive");
+        // A pid above the kernel's limit is never alive.
+        std::fs::write(d.path().join("node.ready"), "{\"pid\": 4294967295}").unwrap();
+        assert!(!node_running(d.path()));
+        std::fs::write(d.path().join("node.ready"), "garbage").unwrap();
+        assert!(!node_running(d.path()));
     }
 
     #[test]

@@ -182,7 +182,13 @@ struct NodeFlags {
 }
 
 impl NodeFlags {
+    /// The node a command talks to (a running dev node when no flag says).
     fn resolve(&self) -> Result<NodeConfig> {
+        NodeConfig::resolve_running(self.config.as_deref(), self.data_dir.as_deref(), self.dev)
+    }
+
+    /// The node `node run` starts: exactly what the flags say.
+    fn resolve_for_run(&self) -> Result<NodeConfig> {
         NodeConfig::resolve(self.config.as_deref(), self.data_dir.as_deref(), self.dev)
     }
 }
@@ -284,7 +290,7 @@ impl std::error::Error for ExitWith {}
 
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Node(NodeCommand::Run(flags)) => node::run(flags.resolve()?).await,
+        Command::Node(NodeCommand::Run(flags)) => node::run(flags.resolve_for_run()?).await,
         Command::Node(NodeCommand::Deploy { site, dir, flags }) => {
             let cfg = flags.resolve()?;
             let dir = std::fs::canonicalize(&dir)
