@@ -257,7 +257,11 @@ pub struct ApacheConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BuildConfig {
+    /// Releases kept per site (live and previous are never pruned).
     pub keep_releases: usize,
+    /// A deploy refuses to start when the data dir's filesystem has less
+    /// free space than this, in MiB: a full disk mid-build helps nobody.
+    pub min_free_mb: u64,
     /// The interpreter mod_wsgi embeds; every venv is built on it.
     pub python: PathBuf,
     pub uv: PathBuf,
@@ -326,6 +330,7 @@ impl Default for BuildConfig {
     fn default() -> Self {
         BuildConfig {
             keep_releases: 5,
+            min_free_mb: 64,
             python: "/usr/bin/python3".into(),
             uv: "uv".into(),
             uv_cache_dir: None,

@@ -85,6 +85,9 @@ pub enum DeployError {
     /// The release did not load or did not answer as it must.
     #[error("{0:#}")]
     Check(anyhow::Error),
+    /// The node refuses to start the deploy now (its disk is too full).
+    #[error("{0:#}")]
+    Refused(anyhow::Error),
     /// A service the app asked for could not be given (its database...).
     #[error("{0:#}")]
     Service(anyhow::Error),
@@ -239,6 +242,7 @@ fn clone_error(e: &DeployError) -> DeployError {
         DeployError::Build(e) => DeployError::Build(again(e)),
         DeployError::Check(e) => DeployError::Check(again(e)),
         DeployError::Service(e) => DeployError::Service(again(e)),
+        DeployError::Refused(e) => DeployError::Refused(again(e)),
         DeployError::Task(e) => DeployError::Task(again(e)),
         DeployError::Node(e) => DeployError::Node(again(e)),
     }
@@ -810,6 +814,8 @@ impl Engine {
             "-----> deploying {site}, release {id} (deploy {deploy})"
         ));
 
+        self.check_free_space().map_err(DeployError::Refused)?;
+
         // Stage: a fresh copy only root can change, links kept as links
         // and judged by where they really lead.
         if !req.source.is_dir() {
@@ -1108,6 +1114,35 @@ impl Engine {
         {
             tracing::warn!("stopping PostgreSQL: {e:#}");
         }
+    }
+
+    /// Refuses a deploy when the data dir's filesystem is nearly full
+    /// (`[build] min_free_mb`).
+    fn check_free_space(&self) -> Result<()> {
+        let want = self.cfg.build.min_free_mb;
+        if want == 0 {
+            return Ok(());
+        }
+        let path = std::ffi::CString::new(self.layout.root().as_os_str().as_encoded_bytes())
+            .context("the data dir's path has a NUL byte")?;
+        // SAFETY: statvfs is plain data filled by statvfs(3).
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+            return Err(std::io::Error::last_os_error()).with_context(|| {
+                format!(
+                    "cannot read the free space of {}",
+                    self.layout.root().display()
+                )
+            });
+        }
+        let free_mb = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64) / (1024 * 1024);
+        if free_mb < want {
+            bail!(
+                "the node's disk has {free_mb} MiB free in {}, below [build] min_free_mb = {want}: nothing was deployed\nhint: free space on the node (old releases go with keep_releases), or lower min_free_mb",
+                self.layout.root().display()
+            );
+        }
+        Ok(())
     }
 
     /// Copies the tree into a new release dir only root can change, and

@@ -130,6 +130,17 @@ fn unknown_services_and_packages_are_refused_with_the_reason() {
 }
 
 #[test]
+fn a_deploy_refuses_to_start_on_a_nearly_full_disk() {
+    // No disk here has a petabyte free: the limit is always below.
+    let node = Node::start_with("[build]\nmin_free_mb = 1000000000\n");
+    node.deploy("blog", &App::plain("blog", 1, "x\n"))
+        .failure()
+        .stderr_has("below [build] min_free_mb = 1000000000: nothing was deployed");
+    assert_eq!(node.get("blog.localhost", "/").code, 404);
+    assert!(node.releases("blog.localhost").is_empty());
+}
+
+#[test]
 fn bad_site_names_are_refused() {
     let node = Node::start();
     let app = App::plain("blog", 1, "x\n");
