@@ -105,7 +105,33 @@ enum Command {
         #[arg(long, env = "TOPPCLOUD_NODE")]
         node: Option<String>,
     },
-    /// Record a node and make it the default for update, config and remote.
+    /// Make a site's previous release live again at once (its daemon is warm).
+    #[command(after_help = "Example:\n  \
+        toppcloud rollback blog.example.com   # prev becomes live; live becomes prev\n\n\
+        Checked before the switch, nothing rebuilt, no request lost. Run it\n\
+        again to go back.")]
+    Rollback {
+        /// The site: a host name, or a bare name that gets the node's domain.
+        site: String,
+        /// A configured node's name or an ssh:// URL; default: the default node.
+        #[arg(long, env = "TOPPCLOUD_NODE")]
+        node: Option<String>,
+    },
+    /// Make any kept release of a site live again, without rebuilding it.
+    #[command(after_help = "Example:\n  \
+        toppcloud activate blog.example.com 12   # loaded into a spare, checked, switched\n\n\
+        The release that was live becomes prev.SITE.")]
+    Activate {
+        /// The site: a host name, or a bare name that gets the node's domain.
+        site: String,
+        /// The release's number (see the deploy summaries or GET /sites/SITE).
+        release: String,
+        /// A configured node's name or an ssh:// URL; default: the default node.
+        #[arg(long, env = "TOPPCLOUD_NODE")]
+        node: Option<String>,
+    },
+    /// Record a node and make it the default for update, config, rollback,
+    /// activate and remote.
     #[command(after_help = "Example:\n  toppcloud default-node ssh://toppcloud@127.0.0.1:2222")]
     DefaultNode {
         /// An ssh:// URL, or the name of a node already configured.
@@ -228,6 +254,24 @@ enum NodeCommand {
         #[command(flatten)]
         flags: NodeFlags,
     },
+    /// Make a site's previous release live again on the running node.
+    #[command(after_help = "Example:\n  toppcloud node rollback blog")]
+    Rollback {
+        /// The site: a host name, or a bare name that gets the node's domain.
+        site: String,
+        #[command(flatten)]
+        flags: NodeFlags,
+    },
+    /// Make a kept release of a site live again on the running node.
+    #[command(after_help = "Example:\n  toppcloud node activate blog 12")]
+    Activate {
+        /// The site: a host name, or a bare name that gets the node's domain.
+        site: String,
+        /// The release's number.
+        release: String,
+        #[command(flatten)]
+        flags: NodeFlags,
+    },
     /// Manage the SSH keys that may push to this node (no restart needed).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -327,6 +371,23 @@ async fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Node(NodeCommand::Rollback { site, flags }) => {
+            let socket = Layout::new(flags.resolve()?.data_dir).control_socket();
+            let done = control::request(&socket, &control::Request::Rollback { site }).await?;
+            println!("{done}");
+            Ok(())
+        }
+        Command::Node(NodeCommand::Activate {
+            site,
+            release,
+            flags,
+        }) => {
+            let socket = Layout::new(flags.resolve()?.data_dir).control_socket();
+            let req = control::Request::Activate { site, release };
+            let done = control::request(&socket, &req).await?;
+            println!("{done}");
+            Ok(())
+        }
         Command::Node(NodeCommand::Keys(cmd)) => keys(cmd),
         Command::Hook(HookCommand::PreReceive) => hook_pre_receive().await,
         Command::Update {
@@ -348,6 +409,26 @@ async fn run(cli: Cli) -> Result<()> {
             let cfg = client::ClientConfig::load(&client::config_path()?)?;
             let node = cfg.node(node.as_deref())?;
             match remote::config(&site, values, &change, &node)? {
+                0 => Ok(()),
+                code => Err(ExitWith(code).into()),
+            }
+        }
+        Command::Rollback { site, node } => {
+            let cfg = client::ClientConfig::load(&client::config_path()?)?;
+            let node = cfg.node(node.as_deref())?;
+            match remote::make_live(&site, None, &node)? {
+                0 => Ok(()),
+                code => Err(ExitWith(code).into()),
+            }
+        }
+        Command::Activate {
+            site,
+            release,
+            node,
+        } => {
+            let cfg = client::ClientConfig::load(&client::config_path()?)?;
+            let node = cfg.node(node.as_deref())?;
+            match remote::make_live(&site, Some(&release), &node)? {
                 0 => Ok(()),
                 code => Err(ExitWith(code).into()),
             }

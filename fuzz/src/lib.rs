@@ -73,6 +73,20 @@ pub fn check_exec_line(line: &str) {
             let words = shell_words::split(line).expect("an accepted line splits");
             check_config(&words, &action);
         }
+        Ok(Request::Rollback(site)) => {
+            check_site(&site);
+            let words = shell_words::split(line).expect("an accepted line splits");
+            assert_eq!(words.len(), 2, "{line:?}");
+            assert_eq!(words[0], "rollback", "{line:?}");
+        }
+        Ok(Request::Activate { site, release }) => {
+            check_site(&site);
+            let words = shell_words::split(line).expect("an accepted line splits");
+            assert_eq!(words.len(), 3, "{line:?}");
+            assert_eq!(words[0], "activate", "{line:?}");
+            assert!(release.get() > 0, "{line:?}");
+            assert_eq!(words[2], release.to_string(), "{line:?}");
+        }
         Err(message) => assert!(!message.is_empty()),
     }
 }

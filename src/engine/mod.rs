@@ -689,6 +689,229 @@ impl Engine {
         result
     }
 
+    /// Makes the previous release live again at once (its daemon is warm)
+    /// and the live one previous: checked first, nothing rebuilt, no
+    /// daemon retired. A deploy of its own, recorded with who asked.
+    pub async fn rollback(
+        &self,
+        site: &SiteName,
+        by: &str,
+        progress: &Progress,
+    ) -> Result<Deployed, Failed> {
+        let origin = format!("rollback by {by}");
+        self.run_kept(site, None, origin, progress).await
+    }
+
+    /// Makes kept release `release` live without rebuilding it: the live
+    /// one is told so, the previous one is a rollback, any other is loaded
+    /// into a spare of the site's cell and checked before the switch.
+    pub async fn activate(
+        &self,
+        site: &SiteName,
+        release: ReleaseId,
+        by: &str,
+        progress: &Progress,
+    ) -> Result<Deployed, Failed> {
+        let origin = format!("activate {release} by {by}");
+        self.run_kept(site, Some(release), origin, progress).await
+    }
+
+    /// A rollback (`release` None) or an activation, in the site's turn,
+    /// with a record the engine keeps.
+    async fn run_kept(
+        &self,
+        site: &SiteName,
+        release: Option<ReleaseId>,
+        origin: String,
+        progress: &Progress,
+    ) -> Result<Deployed, Failed> {
+        let record = Record {
+            id: self
+                .deploys
+                .open(site, origin.clone(), release::now_rfc3339()),
+            own: true,
+        };
+        let progress = record.progress(progress, &self.deploys);
+        let _turn = self.turn(site, &progress).await;
+        self.deploys.started(&record.id, release::now_rfc3339());
+        let started = Instant::now();
+        let span = tracing::info_span!("deploy", site = %site, deploy = %record.id);
+        let result = self
+            .make_kept_live(site, release, &record.id, &origin, &progress)
+            .instrument(span)
+            .await;
+        if let Ok(d) = &result {
+            self.log_deploy(
+                site,
+                &origin,
+                d.release,
+                &record.id,
+                "live",
+                started.elapsed(),
+            );
+        }
+        self.close_record(&record, &result)
+    }
+
+    async fn make_kept_live(
+        &self,
+        site: &SiteName,
+        release: Option<ReleaseId>,
+        deploy: &str,
+        origin: &str,
+        progress: &Progress,
+    ) -> Result<Deployed, DeployError> {
+        let refuse = |m: String| DeployError::Source(anyhow::anyhow!(m));
+        let (live, prev, kept) = {
+            let st = self.state();
+            let s = st.sites.get(site);
+            (
+                s.and_then(|s| s.live.clone()),
+                s.and_then(|s| s.prev.clone()),
+                s.map(|s| {
+                    let mut ids: Vec<ReleaseId> = s
+                        .releases
+                        .iter()
+                        .map(|r| r.id)
+                        .filter(|id| self.layout.release_dir(site, *id).is_dir())
+                        .collect();
+                    ids.sort_unstable();
+                    ids
+                })
+                .unwrap_or_default(),
+            )
+        };
+        let Some(live) = live else {
+            return Err(refuse(format!(
+                "{site} has no live release yet: deploy it first"
+            )));
+        };
+        let target = match release {
+            None => match &prev {
+                Some(p) => p.release,
+                None => {
+                    return Err(refuse(format!(
+                        "{site} has only one release: nothing to roll back to"
+                    )));
+                }
+            },
+            Some(id) => id,
+        };
+        if !kept.contains(&target) {
+            let list: Vec<String> = kept.iter().map(|id| id.to_string()).collect();
+            return Err(refuse(format!(
+                "{site} has no release {target} (kept: {})",
+                list.join(", ")
+            )));
+        }
+        let url = self.url(site.as_str());
+        let version = self
+            .state()
+            .sites
+            .get(site)
+            .and_then(|s| s.version_of(target));
+        let deployed = Deployed {
+            release: target,
+            version,
+            url,
+            deploy: deploy.to_string(),
+        };
+        if target == live.release {
+            progress.say(format!(
+                "-----> release {target} is live already: nothing to do"
+            ));
+            return Ok(deployed);
+        }
+        let dir = self.layout.release_dir(site, target);
+        let update_fetch = AppIni::load(&release::app_dir(&dir))
+            .map(|(ini, _)| ini.update_fetch)
+            .unwrap_or_default();
+        if let Some(p) = prev.as_ref().filter(|p| p.release == target) {
+            progress.say(format!(
+                "-----> {origin}: release {target} (previous, warm) becomes live (deploy {deploy})"
+            ));
+            self.check(site, target, p.slot, &update_fetch, progress)
+                .await
+                .map_err(DeployError::Check)?;
+            self.swap(site, &live, p).map_err(DeployError::Node)?;
+            progress.say(format!(
+                "-----> switched {site} to release {target}; release {} is previous",
+                live.release
+            ));
+            return Ok(deployed);
+        }
+
+        progress.say(format!(
+            "-----> {origin}: loading kept release {target} (deploy {deploy})"
+        ));
+        let account = self
+            .site_account(site, progress)
+            .await
+            .map_err(DeployError::Node)?;
+        // Its temporary directory went when it stopped serving.
+        let tmp_root = self.layout.site_dir(site).join("tmp");
+        create_dir(&tmp_root, 0o711, None)
+            .and_then(|()| {
+                create_dir(
+                    &tmp_root.join(target.to_string()),
+                    0o700,
+                    account.as_ref().map(|a| (a.uid, a.gid)),
+                )
+            })
+            .map_err(DeployError::Node)?;
+        let slot = self.claim_spare(site).map_err(DeployError::Node)?;
+        let loaded = async {
+            self.apache
+                .wait_empty(
+                    slot,
+                    self.apache.request_timeout() + Duration::from_secs(10),
+                )
+                .await
+                .and_then(|()| self.apache.set_pointer(slot, &dir))
+                .map_err(DeployError::Node)?;
+            progress.say("-----> starting the release");
+            self.check(site, target, slot, &update_fetch, progress)
+                .await
+                .map_err(DeployError::Check)
+        }
+        .await;
+        if let Err(e) = loaded {
+            if let Err(e) = self.apache.retire(slot).await {
+                tracing::warn!(site = %site, "retiring slot {slot}: {e:#}");
+            }
+            self.state().pool.release(slot);
+            return Err(e);
+        }
+        let retire = self
+            .switch(site, target, slot, None)
+            .map_err(DeployError::Node)?;
+        progress.say(format!("-----> switched {site} to release {target}"));
+        if let Some(old) = retire
+            && let Err(e) = self.apache.retire(old).await
+        {
+            tracing::warn!(site = %site, "retiring slot {old}: {e:#}");
+        }
+        self.prune(site);
+        Ok(deployed)
+    }
+
+    /// Live <-> previous: the state first, then the route map; both
+    /// daemons keep running.
+    fn swap(&self, site: &SiteName, live: &Placed, prev: &Placed) -> Result<()> {
+        let mut st = self.state();
+        let s = st.sites.entry(site.clone()).or_default();
+        if s.live.as_ref() != Some(live) || s.prev.as_ref() != Some(prev) {
+            bail!("internal error: {site} changed during its rollback");
+        }
+        let before = s.clone();
+        std::mem::swap(&mut s.live, &mut s.prev);
+        if let Err(e) = s.save(&self.layout.site_state(site)) {
+            *s = before;
+            return Err(e.context("cannot record the rollback; nothing was switched"));
+        }
+        apache::routes::write(&self.layout.routes_map(), &st.routes())
+    }
+
     /// The request's own record, or a new one the engine keeps.
     fn record_for(&self, req: &DeployRequest) -> Record {
         match &req.record {
@@ -796,7 +1019,14 @@ impl Engine {
             }
             let _ = std::fs::remove_dir_all(&attempt.release_dir);
         }
-        self.log_deploy(&req, id, deploy, &outcome, started.elapsed());
+        self.log_deploy(
+            &req.site,
+            &req.origin,
+            id,
+            deploy,
+            &outcome,
+            started.elapsed(),
+        );
         result
     }
 
@@ -921,7 +1151,9 @@ impl Engine {
         };
         // From here on the slot is the switch's to keep or give back.
         attempt.slot = None;
-        let retire = self.switch(site, record, slot).map_err(DeployError::Node)?;
+        let retire = self
+            .switch(site, id, slot, Some(record))
+            .map_err(DeployError::Node)?;
         let url = self.url(site.as_str());
         progress.say(format!("-----> switched {site} to release {id}"));
 
@@ -1282,17 +1514,21 @@ impl Engine {
 
     /// Routes `host` to the new release and `prev.host` to the one that was
     /// live. Returns the slot that held the old previous release.
-    fn switch(&self, site: &SiteName, record: ReleaseRecord, slot: Slot) -> Result<Option<Slot>> {
+    /// `record` is a new release's (None: a kept release made live again).
+    fn switch(
+        &self,
+        site: &SiteName,
+        release: ReleaseId,
+        slot: Slot,
+        record: Option<ReleaseRecord>,
+    ) -> Result<Option<Slot>> {
         let mut st = self.state();
         let s = st.sites.entry(site.clone()).or_default();
         let before = s.clone();
         let retire = s.prev.take().map(|p| p.slot);
         s.prev = s.live.take();
-        s.live = Some(Placed {
-            release: record.id,
-            slot,
-        });
-        s.releases.push(record);
+        s.live = Some(Placed { release, slot });
+        s.releases.extend(record);
         let saved = s.save(&self.layout.site_state(site));
         if saved.is_err() {
             *s = before;
@@ -1362,7 +1598,8 @@ impl Engine {
 
     fn log_deploy(
         &self,
-        req: &DeployRequest,
+        site: &SiteName,
+        origin: &str,
         id: ReleaseId,
         deploy: &str,
         outcome: &str,
@@ -1372,11 +1609,11 @@ impl Engine {
             "time": release::now_rfc3339(),
             "deploy": deploy,
             "release": id.get(),
-            "origin": req.origin,
+            "origin": origin,
             "outcome": outcome,
             "seconds": took.as_secs_f64(),
         });
-        let path = self.layout.deploy_log(&req.site);
+        let path = self.layout.deploy_log(site);
         let write = || -> std::io::Result<()> {
             use std::io::Write;
             if let Some(d) = path.parent() {

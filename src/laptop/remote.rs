@@ -1,5 +1,5 @@
-//! Running a command on a node through its SSH door, as `toppcloud config`
-//! does: the node's configured ssh command, port and key, and the remote
+//! Running a command on a node through its SSH door, as `toppcloud config`,
+//! `toppcloud rollback` and `toppcloud activate` do: the node's configured ssh command, port and key, and the remote
 //! command's words each quoted, so the node splits them back exactly as
 //! they were (a value with spaces or quotes survives). What the node prints
 //! comes through as it comes; its exit code is the command's.
@@ -115,6 +115,27 @@ pub fn config(site: &str, values: bool, change: &[String], node: &Node) -> Resul
     run(node, &remote)
 }
 
+/// `toppcloud rollback SITE` and `toppcloud activate SITE ID` (`release`
+/// Some): checked here as the node would check them, then run through the
+/// node's door; its progress and summary on stderr, its exit code.
+pub fn make_live(site: &str, release: Option<&str>, node: &Node) -> Result<i32> {
+    let words = release_words(site, release)?;
+    run(node, &words)
+}
+
+/// The remote words of a rollback or an activation.
+pub fn release_words(site: &str, release: Option<&str>) -> Result<Vec<String>> {
+    SiteName::check_shape(site).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let words = match release {
+        None => vec!["rollback".to_string(), site.to_string()],
+        Some(id) => {
+            crate::names::ReleaseId::parse(id).map_err(|e| anyhow::anyhow!("{e}"))?;
+            vec!["activate".to_string(), site.to_string(), id.to_string()]
+        }
+    };
+    Ok(words)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,6 +189,26 @@ mod tests {
             } => assert_eq!(pairs[0].1, "hello world"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn release_words_are_checked_and_read_back_by_the_node() {
+        let d = crate::names::Domain::localhost();
+        let w = release_words("blog.example.com", None).unwrap();
+        assert_eq!(w, ["rollback", "blog.example.com"]);
+        assert!(matches!(
+            exec::parse(&shell_words::join(&w), &d).unwrap(),
+            exec::Request::Rollback(_)
+        ));
+        let w = release_words("blog", Some("12")).unwrap();
+        assert_eq!(w, ["activate", "blog", "12"]);
+        assert!(matches!(
+            exec::parse(&shell_words::join(&w), &d).unwrap(),
+            exec::Request::Activate { .. }
+        ));
+        assert!(release_words("blog", Some("x")).is_err());
+        assert!(release_words("blog", Some("0")).is_err());
+        assert!(release_words("-oProxyCommand=x", None).is_err());
     }
 
     #[test]

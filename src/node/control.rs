@@ -15,7 +15,7 @@ use crate::engine::DeployRequest;
 use crate::node::Node;
 
 use crate::names::SiteName;
-use crate::node::exec::{ConfigAction, config_action};
+use crate::node::exec::{ConfigAction, Request as ExecRequest, config_action};
 use crate::node::push::{PreReceive, RefUpdate};
 use crate::progress::Progress;
 
@@ -32,6 +32,15 @@ pub enum Request {
     Config {
         site: String,
         words: Vec<String>,
+    },
+    /// `toppcloud node rollback SITE`.
+    Rollback {
+        site: String,
+    },
+    /// `toppcloud node activate SITE ID`.
+    Activate {
+        site: String,
+        release: String,
     },
     /// From the pre-receive hook of a push the SSH server started.
     PreReceive {
@@ -183,6 +192,14 @@ async fn handle(stream: UnixStream, state: Arc<Node>) -> Result<()> {
             })
             .await?;
         }
+        Request::Rollback { site } => {
+            let words = vec!["rollback".to_string(), site];
+            make_live(&mut w, engine, &words).await?;
+        }
+        Request::Activate { site, release } => {
+            let words = vec!["activate".to_string(), site, release];
+            make_live(&mut w, engine, &words).await?;
+        }
         Request::PreReceive {
             token,
             updates,
@@ -211,6 +228,37 @@ async fn handle(stream: UnixStream, state: Arc<Node>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// `node rollback` and `node activate`, read as the SSH door reads them.
+async fn make_live(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    engine: Arc<crate::engine::Engine>,
+    words: &[String],
+) -> Result<()> {
+    let request = match crate::node::exec::release_command(words, engine.domain()) {
+        Ok(r) => r,
+        Err(message) => {
+            send(w, &Event::Done { ok: false, message }).await?;
+            return Ok(());
+        }
+    };
+    relay(w, move |progress| {
+        tokio::spawn(async move {
+            let by = "node";
+            let result = match request {
+                ExecRequest::Rollback(site) => engine.rollback(&site, by, &progress).await,
+                ExecRequest::Activate { site, release } => {
+                    engine.activate(&site, release, by, &progress).await
+                }
+                _ => return Err(anyhow::anyhow!("internal error: not a release command")),
+            };
+            result
+                .map(|d| d.summary())
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        })
+    })
+    .await
 }
 
 /// The client side: sends one request, prints progress, returns the final

@@ -1,10 +1,11 @@
 //! The SSH exec line, parsed into the one request it may name: a push, a
-//! fetch, an rsync upload or a config command, each on a validated site.
+//! fetch, an rsync upload, a config command, a rollback or an activation,
+//! each on a validated site.
 //! Pure (no I/O, no connection state), so the fuzz targets can reach it;
 //! `ssh.rs` serves the request.
 
 use crate::engine::settings::ConfigChange;
-use crate::names::{Domain, SiteName};
+use crate::names::{Domain, ReleaseId, SiteName};
 use crate::node::upload::Upload;
 
 /// What a client may ask the node to run.
@@ -21,6 +22,10 @@ pub enum Request {
         site: SiteName,
         action: ConfigAction,
     },
+    /// `rollback SITE`: the previous release becomes live.
+    Rollback(SiteName),
+    /// `activate SITE ID`: a kept release becomes live, without a rebuild.
+    Activate { site: SiteName, release: ReleaseId },
 }
 
 /// What a config command asks of a site's config vars.
@@ -38,12 +43,32 @@ impl Request {
             Request::Receive(s) | Request::Fetch(s) => s,
             Request::Rsync(u) => &u.site,
             Request::Config { site, .. } => site,
+            Request::Rollback(site) | Request::Activate { site, .. } => site,
         }
     }
 }
 
 /// How a config command is written, for the messages that refuse one.
 pub const CONFIG_USAGE: &str = "config SITE [--values | set K=V... | unset K...]";
+
+/// How rollback and activate are written, for the messages that refuse one.
+pub const ROLLBACK_USAGE: &str = "rollback SITE";
+pub const ACTIVATE_USAGE: &str = "activate SITE RELEASE";
+
+/// `rollback SITE` or `activate SITE ID`, as words (the command first).
+pub fn release_command(words: &[String], domain: &Domain) -> Result<Request, String> {
+    let site = |name: &str| SiteName::parse(name, domain).map_err(|e| e.to_string());
+    match words {
+        [cmd, name] if cmd == "rollback" => Ok(Request::Rollback(site(name)?)),
+        [cmd, ..] if cmd == "rollback" => Err(format!("usage: {ROLLBACK_USAGE}")),
+        [cmd, name, id] if cmd == "activate" => Ok(Request::Activate {
+            site: site(name)?,
+            release: ReleaseId::parse(id).map_err(|e| e.to_string())?,
+        }),
+        [cmd, ..] if cmd == "activate" => Err(format!("usage: {ACTIVATE_USAGE}")),
+        _ => Err(format!("usage: {ROLLBACK_USAGE} | {ACTIVATE_USAGE}")),
+    }
+}
 
 /// The words after `config SITE`: nothing (list the names), `--values`
 /// alone, or a change for [`ConfigChange::parse`].
@@ -74,6 +99,12 @@ pub fn parse(line: &str, domain: &Domain) -> Result<Request, String> {
         let action = config_action(&words[2..])?;
         return Ok(Request::Config { site, action });
     }
+    if words
+        .first()
+        .is_some_and(|w| w == "rollback" || w == "activate")
+    {
+        return release_command(&words, domain);
+    }
     let (cmd, path) = match words.as_slice() {
         [cmd, path] => (cmd.as_str(), path.as_str()),
         _ => return Err(refusal_of(line)),
@@ -91,7 +122,7 @@ pub fn parse(line: &str, domain: &Domain) -> Result<Request, String> {
 fn refusal_of(line: &str) -> String {
     let shown: String = line.chars().take(60).collect();
     format!(
-        "{shown:?} is not something this node runs; it accepts git push, git fetch, toppcloud update and toppcloud config"
+        "{shown:?} is not something this node runs; it accepts git push, git fetch, toppcloud update, toppcloud config, rollback and activate"
     )
 }
 
@@ -117,6 +148,43 @@ mod tests {
         assert!(e.contains("invalid site name"), "{e}");
         let e = parse("git-receive-pack 'unterminated", d).unwrap_err();
         assert!(e.contains("cannot parse command"), "{e}");
+    }
+
+    #[test]
+    fn rollback_and_activate_name_a_site_and_a_release() {
+        let d = &crate::names::Domain::localhost();
+        let blog = SiteName::parse("blog", d).unwrap();
+        assert_eq!(
+            parse("rollback blog", d).unwrap(),
+            Request::Rollback(blog.clone())
+        );
+        assert_eq!(
+            parse("rollback 'blog.localhost'", d).unwrap(),
+            Request::Rollback(blog.clone())
+        );
+        assert_eq!(
+            parse("activate blog.localhost 12", d).unwrap(),
+            Request::Activate {
+                site: blog.clone(),
+                release: ReleaseId::new(12)
+            }
+        );
+        assert_eq!(parse("activate blog 3", d).unwrap().site(), &blog);
+        for (line, why) in [
+            ("rollback", "usage: rollback SITE"),
+            ("rollback blog 2", "usage: rollback SITE"),
+            ("rollback ../etc", "invalid site name"),
+            ("activate blog", "usage: activate SITE RELEASE"),
+            ("activate blog 1 2", "usage: activate SITE RELEASE"),
+            ("activate blog 0", "greater than 0"),
+            ("activate blog 007", "leading zeros"),
+            ("activate blog -1", "whole number"),
+            ("activate blog ../1", "whole number"),
+            ("activate -oX 1", "invalid site name"),
+        ] {
+            let e = parse(line, d).unwrap_err();
+            assert!(e.contains(why), "{line}: {e}");
+        }
     }
 
     fn config(line: &str) -> Result<(SiteName, ConfigAction), String> {

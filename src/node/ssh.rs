@@ -5,7 +5,8 @@
 //! `git-upload-pack` on a validated site name (the real git, on the
 //! repository's absolute path), rsync's receiver for `toppcloud update`
 //! (its arguments built by the node, run as the site's account) and
-//! `config SITE ...` for `toppcloud config` (served by the engine itself):
+//! `config SITE ...` for `toppcloud config`, `rollback SITE` and
+//! `activate SITE ID` (served by the engine itself):
 //! nothing the client sends reaches a shell. Everything else (shells, ptys,
 //! forwarding, subsystems) is refused.
 
@@ -495,6 +496,8 @@ impl russh::server::Handler for Connection {
                 Request::Fetch(_) => job.upload(channel).await,
                 Request::Rsync(upload) => job.rsync(channel, upload).await,
                 Request::Config { action, .. } => job.config(channel, action).await,
+                Request::Rollback(_) => job.make_live(channel, None).await,
+                Request::Activate { release, .. } => job.make_live(channel, Some(release)).await,
             };
             if let Err(e) = result {
                 tracing::warn!("git session: {e:#}");
@@ -713,6 +716,33 @@ impl GitJob {
             .engine
             .configure(&self.site, &change, &self.identity.name, &progress)
             .await;
+        self.finish_deploy(&w, result, progress, forward).await;
+        Ok(())
+    }
+}
+
+impl GitJob {
+    /// `toppcloud rollback` (`release` None) and `toppcloud activate`: a
+    /// kept release made live, its progress and summary on stderr as a
+    /// deploy's are.
+    async fn make_live(
+        self,
+        channel: Channel<Msg>,
+        release: Option<crate::names::ReleaseId>,
+    ) -> Result<()> {
+        let (_, w) = channel.split();
+        let (progress, lines) = Progress::channel();
+        let forward = tokio::spawn(forward_lines(
+            lines,
+            w.make_writer_ext(Some(1)),
+            self.cancel.clone(),
+        ));
+        let engine = &self.shared.engine;
+        let by = &self.identity.name;
+        let result = match release {
+            None => engine.rollback(&self.site, by, &progress).await,
+            Some(id) => engine.activate(&self.site, id, by, &progress).await,
+        };
         self.finish_deploy(&w, result, progress, forward).await;
         Ok(())
     }

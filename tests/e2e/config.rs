@@ -33,12 +33,12 @@ fn env_app() -> App {
 }
 
 /// A laptop: a HOME whose client config names the node, reached with `key`.
-struct Laptop {
+pub(crate) struct Laptop {
     home: tempfile::TempDir,
 }
 
 impl Laptop {
-    fn new(node: &Node, key: &Path) -> Laptop {
+    pub(crate) fn new(node: &Node, key: &Path) -> Laptop {
         let home = tempfile::tempdir().expect("tempdir");
         let dir = home.path().join(".config/toppcloud");
         std::fs::create_dir_all(&dir).expect("mkdir");
@@ -53,7 +53,7 @@ impl Laptop {
         Laptop { home }
     }
 
-    fn toppcloud(&self, args: &[&str]) -> Run {
+    pub(crate) fn toppcloud(&self, args: &[&str]) -> Run {
         let mut cmd = clean_command(BIN, self.home.path());
         cmd.args(args).current_dir(self.home.path());
         Run::from(
@@ -64,7 +64,7 @@ impl Laptop {
 }
 
 /// A bare ssh to the node's door running `line`, as someone might by hand.
-fn ssh(node: &Node, key: &Path, line: &str) -> Run {
+pub(crate) fn ssh(node: &Node, key: &Path, line: &str) -> Run {
     let mut cmd = client_command("ssh");
     cmd.args(["-F", "/dev/null", "-i"])
         .arg(key)
@@ -86,7 +86,7 @@ fn ssh(node: &Node, key: &Path, line: &str) -> Run {
 }
 
 /// The deploy id a summary line names (`...; deploy ID`).
-fn deploy_id(text: &str) -> String {
+pub(crate) fn deploy_id(text: &str) -> String {
     text.lines()
         .filter_map(|l| l.split("; deploy ").nth(1))
         .map(|r| r.split_whitespace().next().unwrap_or_default().to_string())

@@ -23,6 +23,7 @@ mod node;
 mod push;
 mod real_apps;
 mod records;
+mod rollback;
 mod runners;
 mod system;
 mod update;
