@@ -185,7 +185,7 @@ pub fn releases(site: &SiteName, st: &SiteState) -> ReleasesReport {
             },
         })
         .collect();
-    rows.sort_by(|a, b| b.release.id.cmp(&a.release.id));
+    rows.sort_by_key(|r| std::cmp::Reverse(r.release.id));
     ReleasesReport {
         site: site.to_string(),
         releases: rows,
