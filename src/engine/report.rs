@@ -218,6 +218,17 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// An RFC 3339 time to the second, for a table.
+fn when(t: &str) -> String {
+    match t.split_once('.') {
+        Some((secs, rest)) => {
+            let zone = rest.trim_start_matches(|c: char| c.is_ascii_digit());
+            format!("{secs}{zone}")
+        }
+        None => t.to_string(),
+    }
+}
+
 fn or_dash<T: ToString>(v: Option<T>) -> String {
     v.map(|v| v.to_string()).unwrap_or_else(|| "-".into())
 }
@@ -236,13 +247,13 @@ pub fn render_status(report: &StatusReport) -> String {
                 s.site.clone(),
                 or_dash(live.map(|r| r.id)),
                 or_dash(live.and_then(|r| r.version)),
-                or_dash(live.and_then(|r| r.created.clone())),
+                or_dash(live.and_then(|r| r.created.as_deref().map(when))),
                 or_dash(live.and_then(|r| r.source.clone())),
                 or_dash(s.prev.as_ref().map(|r| r.id)),
                 or_dash(
                     s.last_deploy
                         .as_ref()
-                        .map(|d| format!("{} {} {}", d.id, d.state, d.when)),
+                        .map(|d| format!("{} {} {}", d.id, d.state, when(&d.when))),
                 ),
                 s.health.to_string(),
             ]
@@ -278,7 +289,7 @@ pub fn render_releases(report: &ReleasesReport) -> String {
                 r.state.to_string(),
                 or_dash(i.version),
                 or_dash(i.commit.clone()),
-                or_dash(i.created.clone()),
+                or_dash(i.created.as_deref().map(when)),
                 or_dash(i.source.clone()),
             ]
         })
@@ -496,6 +507,24 @@ mod tests {
         assert!(lines[2].starts_with("new.localhost   -"), "{text}");
         assert!(lines[2].ends_with("no live release"), "{text}");
         assert_eq!(render_status(&StatusReport { sites: vec![] }), "no sites\n");
+    }
+
+    #[test]
+    fn tables_show_times_to_the_second() {
+        assert_eq!(
+            when("2026-11-30T20:28:44.169015445Z"),
+            "2026-11-30T20:28:44Z"
+        );
+        assert_eq!(
+            when("2026-11-30T20:28:44+01:00"),
+            "2026-11-30T20:28:44+01:00"
+        );
+        let mut st = state();
+        st.releases[2].created = "2026-11-30T10:03:00.123Z".into();
+        let text = render_releases(&releases(&blog(), &st));
+        assert!(text.contains(" 2026-11-30T10:03:00Z "), "{text}");
+        let json = serde_json::to_value(releases(&blog(), &st)).unwrap();
+        assert_eq!(json["releases"][0]["created"], "2026-11-30T10:03:00.123Z");
     }
 
     #[test]

@@ -24,6 +24,7 @@ mod push;
 mod real_apps;
 mod records;
 mod runners;
+mod status;
 mod system;
 mod update;
 mod webhook;
