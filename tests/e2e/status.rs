@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{App, BIN, Node, Run, clean_command, client_command, run_with_timeout};
+use crate::support::{App, BIN, Node, Run, clean_command, client_command, git, run_with_timeout};
 
 const SSH: &str = "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
                    -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR";
@@ -240,4 +240,26 @@ fn status_and_releases_report_live_prev_health_and_respect_a_keys_sites() {
     full.toppcloud(&["releases", "two"])
         .success()
         .stdout_has("live");
+
+    // A pushed release names its commit and who pushed it.
+    let pushed = App::plain("three", 1, "three\n");
+    pushed.git_init(&key);
+    git(
+        &pushed.path,
+        &key,
+        &["push", &node.ssh_url("three"), "main"],
+    )
+    .success();
+    let head = pushed.head(&key);
+    let three = json(&full.toppcloud(&["releases", "three", "--json"]));
+    let row = &three["releases"][0];
+    assert_eq!(row["commit"], head[..12], "{three:#}");
+    assert_eq!(row["state"], "live", "{three:#}");
+    assert!(
+        row["source"].as_str().expect("source").contains("laptop"),
+        "{three:#}"
+    );
+    full.toppcloud(&["releases", "three"])
+        .success()
+        .stdout_has(&head[..12]);
 }
