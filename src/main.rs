@@ -117,6 +117,20 @@ enum Command {
         #[arg(long, env = "TOPPCLOUD_NODE")]
         node: Option<String>,
     },
+    /// Every site this key may use: live and previous release, last deploy, health.
+    #[command(after_help = "Examples:\n  \
+        toppcloud status\n  \
+        toppcloud status --json --node ssh://toppcloud@127.0.0.1:2222\n\n\
+        Health is a GET of the site's live host through the node's Apache:\n\
+        ok (2xx or 3xx within 5 s), failing (STATUS), or no live release.")]
+    Status {
+        /// JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// A configured node's name or an ssh:// URL; default: the default node.
+        #[arg(long, env = "TOPPCLOUD_NODE")]
+        node: Option<String>,
+    },
     /// Make any kept release of a site live again, without rebuilding it.
     #[command(after_help = "Example:\n  \
         toppcloud activate blog.example.com 12   # loaded into a spare, checked, switched\n\n\
@@ -126,6 +140,20 @@ enum Command {
         site: String,
         /// The release's number (see the deploy summaries or GET /sites/SITE).
         release: String,
+        /// A configured node's name or an ssh:// URL; default: the default node.
+        #[arg(long, env = "TOPPCLOUD_NODE")]
+        node: Option<String>,
+    },
+    /// A site's kept releases: id, state (live, prev, kept), version, commit, when, who.
+    #[command(after_help = "Examples:\n  \
+        toppcloud releases blog.example.com\n  \
+        toppcloud releases blog.example.com --json")]
+    Releases {
+        /// The site: a host name, or a bare name that gets the node's domain.
+        site: String,
+        /// JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
         /// A configured node's name or an ssh:// URL; default: the default node.
         #[arg(long, env = "TOPPCLOUD_NODE")]
         node: Option<String>,
@@ -272,6 +300,28 @@ enum NodeCommand {
         #[command(flatten)]
         flags: NodeFlags,
     },
+    /// Every site on the running node: live and previous release, last deploy, health.
+    #[command(
+        after_help = "Examples:\n  toppcloud node status --dev\n  toppcloud node status --json --config /etc/toppcloud/node.toml"
+    )]
+    Status {
+        /// JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        flags: NodeFlags,
+    },
+    /// A site's kept releases on the running node, marked live, prev or kept.
+    #[command(after_help = "Example:\n  toppcloud node releases blog --json --dev")]
+    Releases {
+        /// The site: a host name, or a bare name that gets the node's domain.
+        site: String,
+        /// JSON for scripts instead of a table.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        flags: NodeFlags,
+    },
     /// Manage the SSH keys that may push to this node (no restart needed).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -388,6 +438,19 @@ async fn run(cli: Cli) -> Result<()> {
             println!("{done}");
             Ok(())
         }
+        Command::Node(NodeCommand::Status { json, flags }) => {
+            let socket = Layout::new(flags.resolve()?.data_dir).control_socket();
+            let done = control::request(&socket, &control::Request::Status { json }).await?;
+            print!("{done}");
+            Ok(())
+        }
+        Command::Node(NodeCommand::Releases { site, json, flags }) => {
+            let socket = Layout::new(flags.resolve()?.data_dir).control_socket();
+            let done =
+                control::request(&socket, &control::Request::Releases { site, json }).await?;
+            print!("{done}");
+            Ok(())
+        }
         Command::Node(NodeCommand::Keys(cmd)) => keys(cmd),
         Command::Hook(HookCommand::PreReceive) => hook_pre_receive().await,
         Command::Update {
@@ -421,6 +484,14 @@ async fn run(cli: Cli) -> Result<()> {
                 code => Err(ExitWith(code).into()),
             }
         }
+        Command::Status { json, node } => {
+            let cfg = client::ClientConfig::load(&client::config_path()?)?;
+            let node = cfg.node(node.as_deref())?;
+            match remote::status(json, &node)? {
+                0 => Ok(()),
+                code => Err(ExitWith(code).into()),
+            }
+        }
         Command::Activate {
             site,
             release,
@@ -429,6 +500,14 @@ async fn run(cli: Cli) -> Result<()> {
             let cfg = client::ClientConfig::load(&client::config_path()?)?;
             let node = cfg.node(node.as_deref())?;
             match remote::make_live(&site, Some(&release), &node)? {
+                0 => Ok(()),
+                code => Err(ExitWith(code).into()),
+            }
+        }
+        Command::Releases { site, json, node } => {
+            let cfg = client::ClientConfig::load(&client::config_path()?)?;
+            let node = cfg.node(node.as_deref())?;
+            match remote::releases(&site, json, &node)? {
                 0 => Ok(()),
                 code => Err(ExitWith(code).into()),
             }

@@ -50,10 +50,13 @@ pub fn check_site(site: &SiteName) {
     );
 }
 
-/// The exec line: whatever it is parsed into is a valid site, an rsync
+/// The exec line: whatever it is parsed into (a report included) is a valid site, an rsync
 /// upload satisfies [`check_upload`], and a config command satisfies
 /// [`check_config`].
 pub fn check_exec_line(line: &str) {
+    if let Some(Ok(exec::Report::Releases { site, .. })) = exec::parse_report(line, &domain()) {
+        check_site(&site);
+    }
     match exec::parse(line, &domain()) {
         Ok(Request::Receive(site)) | Ok(Request::Fetch(site)) => {
             check_site(&site);

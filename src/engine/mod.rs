@@ -18,6 +18,7 @@ pub mod git;
 pub mod pool;
 pub mod queue;
 pub mod release;
+pub mod report;
 pub mod services;
 pub mod settings;
 pub mod state;

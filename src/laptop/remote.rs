@@ -136,6 +136,31 @@ pub fn release_words(site: &str, release: Option<&str>) -> Result<Vec<String>> {
     Ok(words)
 }
 
+/// `toppcloud status [--json]`: the node's report of every site this key
+/// may use (stdout); its exit code.
+pub fn status(json: bool, node: &Node) -> Result<i32> {
+    run(node, &report_words("status", None, json)?)
+}
+
+/// `toppcloud releases SITE [--json]`: the site's kept releases (stdout);
+/// its exit code.
+pub fn releases(site: &str, json: bool, node: &Node) -> Result<i32> {
+    run(node, &report_words("releases", Some(site), json)?)
+}
+
+/// The remote words of a report command, the site's shape checked first.
+fn report_words(command: &str, site: Option<&str>, json: bool) -> Result<Vec<String>> {
+    let mut words = vec![command.to_string()];
+    if let Some(site) = site {
+        SiteName::check_shape(site).map_err(|e| anyhow::anyhow!("{e}"))?;
+        words.push(site.to_string());
+    }
+    if json {
+        words.push("--json".to_string());
+    }
+    Ok(words)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +234,30 @@ mod tests {
         assert!(release_words("blog", Some("x")).is_err());
         assert!(release_words("blog", Some("0")).is_err());
         assert!(release_words("-oProxyCommand=x", None).is_err());
+    }
+
+    #[test]
+    fn report_words_are_what_the_node_reads() {
+        let d = crate::names::Domain::localhost();
+        let line = |w: Vec<String>| {
+            let quoted: Vec<String> = w
+                .iter()
+                .map(|w| shell_words::quote(w).into_owned())
+                .collect();
+            exec::parse_report(&quoted.join(" "), &d).unwrap().unwrap()
+        };
+        assert_eq!(
+            line(report_words("status", None, true).unwrap()),
+            exec::Report::Status { json: true }
+        );
+        assert_eq!(
+            line(report_words("releases", Some("blog"), false).unwrap()),
+            exec::Report::Releases {
+                site: SiteName::parse("blog", &d).unwrap(),
+                json: false
+            }
+        );
+        assert!(report_words("releases", Some("-oProxyCommand=x"), false).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use crate::engine::DeployRequest;
+use crate::engine::report;
 use crate::node::Node;
 
 use crate::names::SiteName;
@@ -41,6 +42,19 @@ pub enum Request {
     Activate {
         site: String,
         release: String,
+    },
+    /// `toppcloud node status [--json]`: every site; the report is the done
+    /// message.
+    Status {
+        #[serde(default)]
+        json: bool,
+    },
+    /// `toppcloud node releases SITE [--json]`: the site's kept releases;
+    /// the report is the done message.
+    Releases {
+        site: String,
+        #[serde(default)]
+        json: bool,
     },
     /// From the pre-receive hook of a push the SSH server started.
     PreReceive {
@@ -199,6 +213,30 @@ async fn handle(stream: UnixStream, state: Arc<Node>) -> Result<()> {
         Request::Activate { site, release } => {
             let words = vec!["activate".to_string(), site, release];
             make_live(&mut w, engine, &words).await?;
+        }
+        Request::Status { json } => {
+            let r = engine.status_report(|_| true).await;
+            let message = report::render(&r, json, report::render_status);
+            send(&mut w, &Event::Done { ok: true, message }).await?;
+        }
+        Request::Releases { site, json } => {
+            let done = match SiteName::parse(&site, engine.domain()) {
+                Err(e) => Event::Done {
+                    ok: false,
+                    message: e.to_string(),
+                },
+                Ok(site) => match engine.releases_report(&site) {
+                    Some(r) => Event::Done {
+                        ok: true,
+                        message: report::render(&r, json, report::render_releases),
+                    },
+                    None => Event::Done {
+                        ok: false,
+                        message: format!("site {site} not found: it has no releases"),
+                    },
+                },
+            };
+            send(&mut w, &done).await?;
         }
         Request::PreReceive {
             token,

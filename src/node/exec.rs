@@ -122,8 +122,64 @@ pub fn parse(line: &str, domain: &Domain) -> Result<Request, String> {
 fn refusal_of(line: &str) -> String {
     let shown: String = line.chars().take(60).collect();
     format!(
-        "{shown:?} is not something this node runs; it accepts git push, git fetch, toppcloud update, toppcloud config, rollback and activate"
+        "{shown:?} is not something this node runs; it accepts git push, git fetch, toppcloud update, config, status, releases, rollback and activate"
     )
+}
+
+/// A read-only report a key may ask for: `status [--json]` (every site the
+/// key may use) or `releases SITE [--json]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Report {
+    Status { json: bool },
+    Releases { site: SiteName, json: bool },
+}
+
+/// How the report commands are written, for the messages that refuse one.
+pub const STATUS_USAGE: &str = "status [--json]";
+pub const RELEASES_USAGE: &str = "releases SITE [--json]";
+
+/// The words after `status` or `releases`: `--json` and, for releases,
+/// the site (in any order).
+pub fn report_words(command: &str, words: &[String], domain: &Domain) -> Result<Report, String> {
+    let mut json = false;
+    let mut names = Vec::new();
+    for w in words {
+        if w == "--json" {
+            json = true;
+        } else if w.starts_with('-') {
+            let usage = if command == "status" {
+                STATUS_USAGE
+            } else {
+                RELEASES_USAGE
+            };
+            return Err(format!(
+                "{command}: {:?} is not understood here; usage: {usage}",
+                w.chars().take(40).collect::<String>()
+            ));
+        } else {
+            names.push(w);
+        }
+    }
+    match (command, names.as_slice()) {
+        ("status", []) => Ok(Report::Status { json }),
+        ("status", _) => Err(format!("status takes no site; usage: {STATUS_USAGE}")),
+        ("releases", [name]) => {
+            let site = SiteName::parse(name, domain).map_err(|e| e.to_string())?;
+            Ok(Report::Releases { site, json })
+        }
+        _ => Err(format!("releases: name one site; usage: {RELEASES_USAGE}")),
+    }
+}
+
+/// The exec line as a report command: None when it is not one (then
+/// [`parse`] reads it), else the report or the refusal.
+pub fn parse_report(line: &str, domain: &Domain) -> Option<Result<Report, String>> {
+    let words = shell_words::split(line).ok()?;
+    let (command, rest) = words.split_first()?;
+    match command.as_str() {
+        "status" | "releases" => Some(report_words(command, rest, domain)),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -238,6 +294,51 @@ mod tests {
             ("config blog 'unterminated", "cannot parse command"),
         ] {
             let e = parse(line, d).unwrap_err();
+            assert!(e.contains(why), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn report_lines_name_what_they_show() {
+        let d = &crate::names::Domain::localhost();
+        let blog = SiteName::parse("blog", d).unwrap();
+        assert_eq!(parse_report("git-receive-pack blog", d), None);
+        assert_eq!(parse_report("config blog", d), None);
+        assert_eq!(parse_report("'unterminated", d), None);
+        assert_eq!(
+            parse_report("status", d),
+            Some(Ok(Report::Status { json: false }))
+        );
+        assert_eq!(
+            parse_report("status --json", d),
+            Some(Ok(Report::Status { json: true }))
+        );
+        assert_eq!(
+            parse_report("releases blog.localhost", d),
+            Some(Ok(Report::Releases {
+                site: blog.clone(),
+                json: false
+            }))
+        );
+        assert_eq!(
+            parse_report("releases --json 'blog'", d),
+            Some(Ok(Report::Releases {
+                site: blog,
+                json: true
+            }))
+        );
+        for (line, why) in [
+            ("status blog", "status takes no site"),
+            ("status --all", "usage: status [--json]"),
+            ("releases", "name one site"),
+            ("releases a b", "name one site"),
+            ("releases ../etc", "invalid site name"),
+            (
+                "releases blog --oProxyCommand=x",
+                "usage: releases SITE [--json]",
+            ),
+        ] {
+            let e = parse_report(line, d).unwrap().unwrap_err();
             assert!(e.contains(why), "{line}: {e}");
         }
     }

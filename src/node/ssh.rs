@@ -27,11 +27,13 @@ use russh::{Channel, ChannelId, ChannelWriteHalf, MethodKind, MethodSet};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
+use crate::engine::report;
 use crate::engine::settings::listing;
 use crate::engine::{DeployRequest, SiteTurn};
 use crate::layout::Layout;
 use crate::names::SiteName;
 use crate::node::Node;
+use crate::node::exec::Report;
 use crate::node::exec::{ConfigAction, Request};
 use crate::node::keys::{self, Identity};
 use crate::node::listen::{self, Gate, Pass, Throttle};
@@ -313,6 +315,67 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// `status [--json]` and `releases SITE [--json]`: read-only reports on
+    /// stdout. Status shows the sites the key may use; releases of a site
+    /// it may not use, or one without releases, is refused as any command
+    /// on it is.
+    fn report(
+        &mut self,
+        ch: ChannelId,
+        session: &mut Session,
+        identity: Identity,
+        report: Result<Report, String>,
+    ) -> Result<(), russh::Error> {
+        let report = match report {
+            Ok(r) => r,
+            Err(message) => return self.refuse(ch, session, &message),
+        };
+        if let Report::Releases { site, .. } = &report {
+            let not_found = format!(
+                "site {site} not found, or this key ({}) may not use it",
+                identity.name
+            );
+            if !identity.may_use(site) {
+                tracing::info!(key = %identity.name, site = %site, "refused: key not allowed on site");
+                return self.refuse(ch, session, &not_found);
+            }
+            if self.shared.engine.releases_report(site).is_none() {
+                return self.refuse(ch, session, &not_found);
+            }
+        }
+        let Some(channel) = self.channels.remove(&ch) else {
+            return self.refuse(ch, session, "no such channel");
+        };
+        session.channel_success(ch)?;
+        let engine = self.shared.engine.clone();
+        let cancel = self.cancel.child_token();
+        tokio::spawn(async move {
+            let (code, text, stream) = match report {
+                Report::Status { json } => {
+                    let r = engine.status_report(move |s| identity.may_use(s)).await;
+                    (0, report::render(&r, json, report::render_status), None)
+                }
+                Report::Releases { site, json } => match engine.releases_report(&site) {
+                    Some(r) => (0, report::render(&r, json, report::render_releases), None),
+                    None => (
+                        1,
+                        format!("toppcloud: site {site} has no releases\n"),
+                        Some(1),
+                    ),
+                },
+            };
+            let (_, w) = channel.split();
+            let mut out = w.make_writer_ext(stream);
+            if out.write_all(text.as_bytes()).await.is_ok() {
+                let _ = out.flush().await;
+            }
+            finish(&w, code, &cancel).await;
+        });
+        Ok(())
+    }
+}
+
 impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
@@ -460,6 +523,9 @@ impl russh::server::Handler for Connection {
             return self.refuse(ch, session, "not authenticated");
         };
         let line = String::from_utf8_lossy(data).into_owned();
+        if let Some(report) = crate::node::exec::parse_report(&line, &self.shared.cfg.domain) {
+            return self.report(ch, session, identity, report);
+        }
         let request = match crate::node::exec::parse(&line, &self.shared.cfg.domain) {
             Ok(x) => x,
             Err(message) => return self.refuse(ch, session, &message),

@@ -25,6 +25,7 @@ mod real_apps;
 mod records;
 mod rollback;
 mod runners;
+mod status;
 mod system;
 mod update;
 mod webhook;
