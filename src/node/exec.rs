@@ -122,7 +122,7 @@ pub fn parse(line: &str, domain: &Domain) -> Result<Request, String> {
 fn refusal_of(line: &str) -> String {
     let shown: String = line.chars().take(60).collect();
     format!(
-        "{shown:?} is not something this node runs; it accepts git push, git fetch, toppcloud update, config, status, releases, rollback and activate"
+        "{shown:?} is not something this node runs; it accepts git push, git fetch, toppcloud update, toppcloud config, status, releases, rollback and activate"
     )
 }
 
