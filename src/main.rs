@@ -144,6 +144,46 @@ enum Command {
         #[arg(long, env = "TOPPCLOUD_NODE")]
         node: Option<String>,
     },
+    /// Serve a site's maintenance page (503) on all its hosts; releases stay.
+    #[command(after_help = "Example:\n  \
+        toppcloud disable blog.example.com   # 503 maintenance page\n  \
+        toppcloud enable blog.example.com    # the live release back\n\n\
+        A deploy to a disabled site still makes its release live, behind\n\
+        the maintenance page until `toppcloud enable`.")]
+    Disable {
+        /// The site: a host name, or a bare name that gets the node's domain.
+        site: String,
+        /// A configured node's name or an ssh:// URL; default: the default node.
+        #[arg(long, env = "TOPPCLOUD_NODE")]
+        node: Option<String>,
+    },
+    /// Serve a disabled site's live release again.
+    #[command(after_help = "Example:\n  toppcloud enable blog.example.com")]
+    Enable {
+        /// The site: a host name, or a bare name that gets the node's domain.
+        site: String,
+        /// A configured node's name or an ssh:// URL; default: the default node.
+        #[arg(long, env = "TOPPCLOUD_NODE")]
+        node: Option<String>,
+    },
+    /// Remove a site: routes, daemons, releases, repository. Needs --yes.
+    #[command(after_help = "Example:\n  \
+        toppcloud destroy blog.example.com --yes          # files, secrets, database kept\n  \
+        toppcloud destroy blog.example.com --yes --data   # files and secrets too\n\n\
+        The site's database is always kept.")]
+    Destroy {
+        /// The site: a host name, or a bare name that gets the node's domain.
+        site: String,
+        /// Confirm: the site's releases and repository are gone for good.
+        #[arg(long)]
+        yes: bool,
+        /// Remove its files directory, config vars and secret as well.
+        #[arg(long)]
+        data: bool,
+        /// A configured node's name or an ssh:// URL; default: the default node.
+        #[arg(long, env = "TOPPCLOUD_NODE")]
+        node: Option<String>,
+    },
     /// A site's kept releases: id, state (live, prev, kept), version, commit, when, who.
     #[command(after_help = "Examples:\n  \
         toppcloud releases blog.example.com\n  \
@@ -282,6 +322,36 @@ enum NodeCommand {
         #[command(flatten)]
         flags: NodeFlags,
     },
+    /// Serve a site's maintenance page (503) on the running node.
+    #[command(after_help = "Example:\n  toppcloud node disable blog")]
+    Disable {
+        /// The site: a host name, or a bare name that gets the node's domain.
+        site: String,
+        #[command(flatten)]
+        flags: NodeFlags,
+    },
+    /// Serve a disabled site's live release again on the running node.
+    #[command(after_help = "Example:\n  toppcloud node enable blog")]
+    Enable {
+        /// The site: a host name, or a bare name that gets the node's domain.
+        site: String,
+        #[command(flatten)]
+        flags: NodeFlags,
+    },
+    /// Remove a site from the running node. Needs --yes.
+    #[command(after_help = "Example:\n  toppcloud node destroy blog --yes")]
+    Destroy {
+        /// The site: a host name, or a bare name that gets the node's domain.
+        site: String,
+        /// Confirm: the site's releases and repository are gone for good.
+        #[arg(long)]
+        yes: bool,
+        /// Remove its files directory, config vars and secret as well.
+        #[arg(long)]
+        data: bool,
+        #[command(flatten)]
+        flags: NodeFlags,
+    },
     /// Make a site's previous release live again on the running node.
     #[command(after_help = "Example:\n  toppcloud node rollback blog")]
     Rollback {
@@ -382,6 +452,17 @@ impl std::fmt::Display for ExitWith {
 
 impl std::error::Error for ExitWith {}
 
+/// `toppcloud disable|enable|destroy` through the node's SSH door.
+fn lifecycle_remote(words: &[String], node: Option<&str>) -> Result<()> {
+    remote::check_lifecycle(words)?;
+    let cfg = client::ClientConfig::load(&client::config_path()?)?;
+    let node = cfg.node(node)?;
+    match remote::lifecycle(words, &node)? {
+        0 => Ok(()),
+        code => Err(ExitWith(code).into()),
+    }
+}
+
 async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Node(NodeCommand::Run(flags)) => node::run(flags.resolve_for_run()?).await,
@@ -434,6 +515,35 @@ async fn run(cli: Cli) -> Result<()> {
         }) => {
             let socket = Layout::new(flags.resolve()?.data_dir).control_socket();
             let req = control::Request::Activate { site, release };
+            let done = control::request(&socket, &req).await?;
+            println!("{done}");
+            Ok(())
+        }
+        Command::Node(NodeCommand::Disable { site, flags }) => {
+            let socket = Layout::new(flags.resolve()?.data_dir).control_socket();
+            let done = control::request(&socket, &control::Request::Disable { site }).await?;
+            println!("{done}");
+            Ok(())
+        }
+        Command::Node(NodeCommand::Enable { site, flags }) => {
+            let socket = Layout::new(flags.resolve()?.data_dir).control_socket();
+            let done = control::request(&socket, &control::Request::Enable { site }).await?;
+            println!("{done}");
+            Ok(())
+        }
+        Command::Node(NodeCommand::Destroy {
+            site,
+            yes,
+            data,
+            flags,
+        }) => {
+            if !yes {
+                anyhow::bail!(
+                    "destroy removes {site}'s routes, releases and repository for good: add --yes to confirm"
+                );
+            }
+            let socket = Layout::new(flags.resolve()?.data_dir).control_socket();
+            let req = control::Request::Destroy { site, yes, data };
             let done = control::request(&socket, &req).await?;
             println!("{done}");
             Ok(())
@@ -504,6 +614,20 @@ async fn run(cli: Cli) -> Result<()> {
                 code => Err(ExitWith(code).into()),
             }
         }
+        Command::Disable { site, node } => {
+            let words = vec!["disable".to_string(), site];
+            lifecycle_remote(&words, node.as_deref())
+        }
+        Command::Enable { site, node } => {
+            let words = vec!["enable".to_string(), site];
+            lifecycle_remote(&words, node.as_deref())
+        }
+        Command::Destroy {
+            site,
+            yes,
+            data,
+            node,
+        } => lifecycle_remote(&remote::destroy_words(&site, yes, data), node.as_deref()),
         Command::Releases { site, json, node } => {
             let cfg = client::ClientConfig::load(&client::config_path()?)?;
             let node = cfg.node(node.as_deref())?;

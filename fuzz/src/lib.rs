@@ -90,6 +90,20 @@ pub fn check_exec_line(line: &str) {
             assert!(release.get() > 0, "{line:?}");
             assert_eq!(words[2], release.to_string(), "{line:?}");
         }
+        Ok(Request::Disable(site)) | Ok(Request::Enable(site)) => {
+            check_site(&site);
+            let words = shell_words::split(line).expect("an accepted line splits");
+            assert_eq!(words.len(), 2, "{line:?}");
+            assert!(["disable", "enable"].contains(&words[0].as_str()), "{line:?}");
+        }
+        Ok(Request::Destroy { site, data }) => {
+            check_site(&site);
+            let words = shell_words::split(line).expect("an accepted line splits");
+            assert_eq!(words[0], "destroy", "{line:?}");
+            // Never without the confirmation; --data only when written.
+            assert!(words.iter().any(|w| w == "--yes"), "{line:?}");
+            assert_eq!(data, words.iter().any(|w| w == "--data"), "{line:?}");
+        }
         Err(message) => assert!(!message.is_empty()),
     }
 }

@@ -26,6 +26,7 @@ const SHIM: &str = include_str!("../../server-files/shim.wsgi");
 /// Imported by the shim from its own directory (and shared with `toppcloud serve`).
 const RUNNER: &str = include_str!("../../server-files/runner.py");
 const NOT_FOUND: &str = include_str!("../../server-files/errors/404.html");
+const MAINTENANCE: &str = include_str!("../../server-files/errors/503.html");
 
 const INSTALL_HINT: &str =
     "hint: apt-get install apache2 libapache2-mod-wsgi-py3 (or run provisioning/install-deps)";
@@ -300,6 +301,7 @@ impl Apache {
             (share.join("runner.py"), RUNNER),
             (share.join("shim.wsgi"), SHIM),
             (share.join("errors/404.html"), NOT_FOUND),
+            (share.join("errors/503.html"), MAINTENANCE),
         ] {
             crate::atomic::write_mode(&path, text.as_bytes(), 0o644)?;
         }

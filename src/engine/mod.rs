@@ -15,6 +15,7 @@
 
 pub mod build;
 pub mod git;
+pub mod lifecycle;
 pub mod pool;
 pub mod queue;
 pub mod release;
@@ -270,8 +271,11 @@ impl Engine {
                 };
                 let path = layout.site_state(&site);
                 if !path.exists() {
-                    // A site whose first deploy never went live.
-                    let _ = std::fs::remove_dir_all(e.path());
+                    // A site whose first deploy never went live, or a
+                    // destroyed one: all but the files its app wrote.
+                    if let Err(e) = lifecycle::remove_site_dir(&e.path(), true) {
+                        tracing::warn!("{e:#}");
+                    }
                     continue;
                 }
                 let st = SiteState::load(&path)?;
@@ -839,6 +843,7 @@ impl Engine {
                 "-----> switched {site} to release {target}; release {} is previous",
                 live.release
             ));
+            self.say_if_disabled(site, progress);
             return Ok(deployed);
         }
 
@@ -887,6 +892,7 @@ impl Engine {
             .switch(site, target, slot, None)
             .map_err(DeployError::Node)?;
         progress.say(format!("-----> switched {site} to release {target}"));
+        self.say_if_disabled(site, progress);
         if let Some(old) = retire
             && let Err(e) = self.apache.retire(old).await
         {
@@ -1157,6 +1163,7 @@ impl Engine {
             .map_err(DeployError::Node)?;
         let url = self.url(site.as_str());
         progress.say(format!("-----> switched {site} to release {id}"));
+        self.say_if_disabled(site, progress);
 
         // Retire what used to be previous; it becomes the next spare.
         if let Some(old) = retire

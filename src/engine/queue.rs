@@ -31,6 +31,9 @@ pub enum Status {
     Running,
     Live,
     Failed,
+    /// An operation that makes no release live (disable, enable, destroy)
+    /// finished.
+    Done,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -114,6 +117,8 @@ pub enum Outcome {
         message: String,
     },
     Failed(String),
+    /// An operation that makes no release live, with its summary.
+    Done(String),
 }
 
 #[derive(Default)]
@@ -279,6 +284,10 @@ impl Registry {
                 Outcome::Failed(why) => {
                     d.status = Status::Failed;
                     d.message = Some(why);
+                }
+                Outcome::Done(message) => {
+                    d.status = Status::Done;
+                    d.message = Some(message);
                 }
             }
         }

@@ -48,6 +48,8 @@ pub enum Health {
     /// The status code, or why there was none (`timeout`, `no answer`).
     Failing(String),
     NoLive,
+    /// `toppcloud disable`: the hosts answer the maintenance page.
+    Disabled,
 }
 
 impl std::fmt::Display for Health {
@@ -56,6 +58,7 @@ impl std::fmt::Display for Health {
             Health::Ok => f.write_str("ok"),
             Health::Failing(why) => write!(f, "failing ({why})"),
             Health::NoLive => f.write_str("no live release"),
+            Health::Disabled => f.write_str("disabled (maintenance page)"),
         }
     }
 }
@@ -156,7 +159,9 @@ pub fn site_status(
     SiteStatus {
         site: site.to_string(),
         url,
-        health: if live.is_some() {
+        health: if st.is_some_and(|st| st.disabled) {
+            Health::Disabled
+        } else if live.is_some() {
             health
         } else {
             Health::NoLive
@@ -333,7 +338,10 @@ impl Engine {
         let mut probes = tokio::task::JoinSet::new();
         let names = self.report_sites(visible);
         for (i, site) in names.iter().enumerate() {
-            if sites.get(site).is_some_and(|st| st.live.is_some()) {
+            if sites
+                .get(site)
+                .is_some_and(|st| st.live.is_some() && !st.disabled)
+            {
                 let engine = self.clone();
                 let host = site.to_string();
                 probes.spawn(async move { (i, engine.health(&host).await) });
@@ -413,6 +421,7 @@ mod tests {
                 rec(2, Some("0123456789abcdef0123456789abcdef01234567")),
                 rec(3, Some("fedcba9876543210fedcba9876543210fedcba98")),
             ],
+            disabled: false,
         }
     }
 

@@ -176,6 +176,20 @@ impl Settings {
         crate::atomic::write_mode(&self.vars_file(site), text.as_bytes(), 0o600)
     }
 
+    /// Removes the site's config vars and secret (`destroy --data`).
+    pub fn forget(&self, site: &SiteName) -> Result<()> {
+        for path in [self.vars_file(site), self.secret_file(site)] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => {
+                    return Err(e).with_context(|| format!("cannot remove {}", path.display()));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The site's secret, made at its first deploy.
     pub fn secret(&self, site: &SiteName) -> Result<String> {
         let path = self.secret_file(site);

@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::apache::Slot;
-use crate::apache::routes::Routes;
+use crate::apache::routes::{Route, Routes};
 use crate::names::{ReleaseId, SiteName};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -40,6 +40,11 @@ pub struct SiteState {
     pub prev: Option<Placed>,
     #[serde(default)]
     pub releases: Vec<ReleaseRecord>,
+    /// `toppcloud disable`: every host of the site answers the node's 503
+    /// maintenance page; its releases and daemons stay, so `enable` brings
+    /// them back at once.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 impl SiteState {
@@ -68,17 +73,25 @@ impl SiteState {
 
     /// The hosts this site answers and the slot behind each: `host` -> live,
     /// `prev.host` -> previous, `N.host` -> the newest of those two whose
-    /// app.ini says version N.
+    /// app.ini says version N. A disabled site's hosts all answer the
+    /// maintenance page.
     pub fn routes(&self, site: &SiteName) -> Routes {
+        let to = |p: &Placed| {
+            if self.disabled {
+                Route::Disabled
+            } else {
+                Route::Slot(p.slot)
+            }
+        };
         let mut r = Routes::new();
         if let Some(live) = &self.live {
-            r.insert(site.as_str().to_string(), live.slot);
+            r.insert(site.as_str().to_string(), to(live));
         }
         if let Some(prev) = &self.prev {
-            r.insert(site.prev_host(), prev.slot);
+            r.insert(site.prev_host(), to(prev));
         }
         for (v, p) in self.versions() {
-            r.insert(site.version_host(v), p.slot);
+            r.insert(site.version_host(v), to(p));
         }
         r
     }
@@ -128,12 +141,20 @@ mod tests {
             live: placed(3, 2),
             prev: placed(2, 1),
             releases: vec![rec(1, Some(1)), rec(2, Some(1)), rec(3, Some(2))],
+            disabled: false,
         };
         let r = st.routes(&site);
         assert_eq!(r["blog.localhost"].to_string(), "s002");
         assert_eq!(r["prev.blog.localhost"].to_string(), "s001");
         assert_eq!(r["2.blog.localhost"].to_string(), "s002");
         assert_eq!(r["1.blog.localhost"].to_string(), "s001");
+        let off = SiteState {
+            disabled: true,
+            ..st
+        };
+        let r = off.routes(&site);
+        assert_eq!(r.len(), 4);
+        assert!(r.values().all(|v| *v == Route::Disabled), "{r:?}");
     }
 
     #[test]
@@ -144,6 +165,7 @@ mod tests {
             live: placed(2, 1),
             prev: placed(1, 0),
             releases: vec![rec(1, Some(1)), rec(2, Some(1))],
+            disabled: false,
         };
         assert_eq!(st.routes(&site)["1.blog.localhost"].to_string(), "s001");
     }
@@ -155,9 +177,13 @@ mod tests {
             live: placed(1, 0),
             prev: None,
             releases: vec![rec(1, None)],
+            disabled: true,
         };
         let text = toml::to_string(&st).unwrap();
         let back: SiteState = toml::from_str(&text).unwrap();
+        assert!(back.disabled);
+        let old: SiteState = toml::from_str("next_release = 1").unwrap();
+        assert!(!old.disabled);
         assert_eq!(back.live, st.live);
         assert_eq!(back.releases.len(), 1);
     }

@@ -136,6 +136,37 @@ pub fn release_words(site: &str, release: Option<&str>) -> Result<Vec<String>> {
     Ok(words)
 }
 
+/// `toppcloud disable|enable SITE` and `toppcloud destroy SITE --yes
+/// [--data]`: checked here as the node would check them (a destroy
+/// without `--yes` never leaves the laptop), then run through the node's
+/// door; its progress and summary on stderr, its exit code.
+pub fn lifecycle(words: &[String], node: &Node) -> Result<i32> {
+    check_lifecycle(words)?;
+    run(node, words)
+}
+
+/// A lifecycle command's words, refused as the node would refuse them.
+pub fn check_lifecycle(words: &[String]) -> Result<()> {
+    if let Some(site) = words.get(1) {
+        SiteName::check_shape(site).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    exec::lifecycle_command(words, &crate::names::Domain::localhost())
+        .map(|_| ())
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The remote words of `destroy`.
+pub fn destroy_words(site: &str, yes: bool, data: bool) -> Vec<String> {
+    let mut words = vec!["destroy".to_string(), site.to_string()];
+    if yes {
+        words.push("--yes".to_string());
+    }
+    if data {
+        words.push("--data".to_string());
+    }
+    words
+}
+
 /// `toppcloud status [--json]`: the node's report of every site this key
 /// may use (stdout); its exit code.
 pub fn status(json: bool, node: &Node) -> Result<i32> {
@@ -234,6 +265,16 @@ mod tests {
         assert!(release_words("blog", Some("x")).is_err());
         assert!(release_words("blog", Some("0")).is_err());
         assert!(release_words("-oProxyCommand=x", None).is_err());
+    }
+
+    #[test]
+    fn lifecycle_words_are_checked_before_they_leave() {
+        assert!(check_lifecycle(&words(&["disable", "blog.example.com"])).is_ok());
+        assert!(check_lifecycle(&words(&["enable", "blog"])).is_ok());
+        assert!(check_lifecycle(&destroy_words("blog", true, true)).is_ok());
+        let e = check_lifecycle(&destroy_words("blog", false, true)).unwrap_err();
+        assert!(e.to_string().contains("--yes"), "{e}");
+        assert!(check_lifecycle(&words(&["disable", "-oProxyCommand=x"])).is_err());
     }
 
     #[test]

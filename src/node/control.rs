@@ -43,6 +43,22 @@ pub enum Request {
         site: String,
         release: String,
     },
+    /// `toppcloud node disable SITE`.
+    Disable {
+        site: String,
+    },
+    /// `toppcloud node enable SITE`.
+    Enable {
+        site: String,
+    },
+    /// `toppcloud node destroy SITE --yes [--data]`: refused without `yes`.
+    Destroy {
+        site: String,
+        #[serde(default)]
+        yes: bool,
+        #[serde(default)]
+        data: bool,
+    },
     /// `toppcloud node status [--json]`: every site; the report is the done
     /// message.
     Status {
@@ -214,6 +230,22 @@ async fn handle(stream: UnixStream, state: Arc<Node>) -> Result<()> {
             let words = vec!["activate".to_string(), site, release];
             make_live(&mut w, engine, &words).await?;
         }
+        Request::Disable { site } => {
+            lifecycle(&mut w, engine, &["disable".to_string(), site]).await?;
+        }
+        Request::Enable { site } => {
+            lifecycle(&mut w, engine, &["enable".to_string(), site]).await?;
+        }
+        Request::Destroy { site, yes, data } => {
+            let mut words = vec!["destroy".to_string(), site];
+            if yes {
+                words.push("--yes".to_string());
+            }
+            if data {
+                words.push("--data".to_string());
+            }
+            lifecycle(&mut w, engine, &words).await?;
+        }
         Request::Status { json } => {
             let r = engine.status_report(|_| true).await;
             let message = report::render(&r, json, report::render_status);
@@ -294,6 +326,37 @@ async fn make_live(
             result
                 .map(|d| d.summary())
                 .map_err(|e| anyhow::anyhow!("{e}"))
+        })
+    })
+    .await
+}
+
+/// `node disable`, `node enable` and `node destroy`, read as the SSH door
+/// reads them.
+async fn lifecycle(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    engine: Arc<crate::engine::Engine>,
+    words: &[String],
+) -> Result<()> {
+    let request = match crate::node::exec::lifecycle_command(words, engine.domain()) {
+        Ok(r) => r,
+        Err(message) => {
+            send(w, &Event::Done { ok: false, message }).await?;
+            return Ok(());
+        }
+    };
+    relay(w, move |progress| {
+        tokio::spawn(async move {
+            let by = "node";
+            let result = match request {
+                ExecRequest::Disable(site) => engine.set_disabled(&site, true, by, &progress).await,
+                ExecRequest::Enable(site) => engine.set_disabled(&site, false, by, &progress).await,
+                ExecRequest::Destroy { site, data } => {
+                    engine.destroy(&site, data, by, &progress).await
+                }
+                _ => return Err(anyhow::anyhow!("internal error: not a lifecycle command")),
+            };
+            result.map_err(|e| anyhow::anyhow!("{e}"))
         })
     })
     .await

@@ -26,6 +26,13 @@ pub enum Request {
     Rollback(SiteName),
     /// `activate SITE ID`: a kept release becomes live, without a rebuild.
     Activate { site: SiteName, release: ReleaseId },
+    /// `disable SITE`: every host answers the maintenance page.
+    Disable(SiteName),
+    /// `enable SITE`: the routes of a disabled site back.
+    Enable(SiteName),
+    /// `destroy SITE --yes [--data]`: the site gone (its files, secrets and
+    /// database kept unless `--data`; the database always).
+    Destroy { site: SiteName, data: bool },
 }
 
 /// What a config command asks of a site's config vars.
@@ -44,6 +51,7 @@ impl Request {
             Request::Rsync(u) => &u.site,
             Request::Config { site, .. } => site,
             Request::Rollback(site) | Request::Activate { site, .. } => site,
+            Request::Disable(site) | Request::Enable(site) | Request::Destroy { site, .. } => site,
         }
     }
 }
@@ -67,6 +75,52 @@ pub fn release_command(words: &[String], domain: &Domain) -> Result<Request, Str
         }),
         [cmd, ..] if cmd == "activate" => Err(format!("usage: {ACTIVATE_USAGE}")),
         _ => Err(format!("usage: {ROLLBACK_USAGE} | {ACTIVATE_USAGE}")),
+    }
+}
+
+/// How the lifecycle commands are written, for the messages that refuse one.
+pub const DISABLE_USAGE: &str = "disable SITE";
+pub const ENABLE_USAGE: &str = "enable SITE";
+pub const DESTROY_USAGE: &str = "destroy SITE --yes [--data]";
+
+/// `disable SITE`, `enable SITE` or `destroy SITE --yes [--data]`, as words
+/// (the command first). A destroy without `--yes` is refused here.
+pub fn lifecycle_command(words: &[String], domain: &Domain) -> Result<Request, String> {
+    let site = |name: &str| SiteName::parse(name, domain).map_err(|e| e.to_string());
+    match words {
+        [cmd, name] if cmd == "disable" => Ok(Request::Disable(site(name)?)),
+        [cmd, ..] if cmd == "disable" => Err(format!("usage: {DISABLE_USAGE}")),
+        [cmd, name] if cmd == "enable" => Ok(Request::Enable(site(name)?)),
+        [cmd, ..] if cmd == "enable" => Err(format!("usage: {ENABLE_USAGE}")),
+        [cmd, rest @ ..] if cmd == "destroy" => {
+            let (mut yes, mut data, mut names) = (false, false, Vec::new());
+            for w in rest {
+                match w.as_str() {
+                    "--yes" => yes = true,
+                    "--data" => data = true,
+                    w if w.starts_with('-') => {
+                        return Err(format!(
+                            "destroy: {:?} is not understood here; usage: {DESTROY_USAGE}",
+                            w.chars().take(40).collect::<String>()
+                        ));
+                    }
+                    _ => names.push(w),
+                }
+            }
+            let [name] = names.as_slice() else {
+                return Err(format!("destroy: name one site; usage: {DESTROY_USAGE}"));
+            };
+            let site = site(name)?;
+            if !yes {
+                return Err(format!(
+                    "destroy removes {site}'s routes, releases and repository for good: add --yes to confirm (usage: {DESTROY_USAGE})"
+                ));
+            }
+            Ok(Request::Destroy { site, data })
+        }
+        _ => Err(format!(
+            "usage: {DISABLE_USAGE} | {ENABLE_USAGE} | {DESTROY_USAGE}"
+        )),
     }
 }
 
@@ -105,6 +159,12 @@ pub fn parse(line: &str, domain: &Domain) -> Result<Request, String> {
     {
         return release_command(&words, domain);
     }
+    if words
+        .first()
+        .is_some_and(|w| w == "disable" || w == "enable" || w == "destroy")
+    {
+        return lifecycle_command(&words, domain);
+    }
     let (cmd, path) = match words.as_slice() {
         [cmd, path] => (cmd.as_str(), path.as_str()),
         _ => return Err(refusal_of(line)),
@@ -122,7 +182,7 @@ pub fn parse(line: &str, domain: &Domain) -> Result<Request, String> {
 fn refusal_of(line: &str) -> String {
     let shown: String = line.chars().take(60).collect();
     format!(
-        "{shown:?} is not something this node runs; it accepts git push, git fetch, toppcloud update, toppcloud config, status, releases, rollback and activate"
+        "{shown:?} is not something this node runs; it accepts git push, git fetch, toppcloud update, toppcloud config, status, releases, rollback, activate, disable, enable and destroy"
     )
 }
 
@@ -237,6 +297,49 @@ mod tests {
             ("activate blog -1", "whole number"),
             ("activate blog ../1", "whole number"),
             ("activate -oX 1", "invalid site name"),
+        ] {
+            let e = parse(line, d).unwrap_err();
+            assert!(e.contains(why), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn lifecycle_lines_name_a_site() {
+        let d = &crate::names::Domain::localhost();
+        let blog = SiteName::parse("blog", d).unwrap();
+        assert_eq!(
+            parse("disable blog", d).unwrap(),
+            Request::Disable(blog.clone())
+        );
+        assert_eq!(
+            parse("enable 'blog.localhost'", d).unwrap(),
+            Request::Enable(blog.clone())
+        );
+        assert_eq!(
+            parse("destroy blog --yes", d).unwrap(),
+            Request::Destroy {
+                site: blog.clone(),
+                data: false
+            }
+        );
+        assert_eq!(
+            parse("destroy --data --yes blog.localhost", d).unwrap(),
+            Request::Destroy {
+                site: blog,
+                data: true
+            }
+        );
+        for (line, why) in [
+            ("disable", "usage: disable SITE"),
+            ("disable a b", "usage: disable SITE"),
+            ("enable", "usage: enable SITE"),
+            ("disable ../etc", "invalid site name"),
+            ("destroy blog", "add --yes to confirm"),
+            ("destroy blog --data", "add --yes to confirm"),
+            ("destroy --yes", "name one site"),
+            ("destroy a b --yes", "name one site"),
+            ("destroy blog --yes --force", "not understood"),
+            ("destroy ../etc --yes", "invalid site name"),
         ] {
             let e = parse(line, d).unwrap_err();
             assert!(e.contains(why), "{line}: {e}");

@@ -5,8 +5,9 @@
 //! `git-upload-pack` on a validated site name (the real git, on the
 //! repository's absolute path), rsync's receiver for `toppcloud update`
 //! (its arguments built by the node, run as the site's account) and
-//! `config SITE ...` for `toppcloud config`, `rollback SITE` and
-//! `activate SITE ID` (served by the engine itself):
+//! `config SITE ...` for `toppcloud config`, `rollback SITE`,
+//! `activate SITE ID`, `disable SITE`, `enable SITE` and
+//! `destroy SITE --yes [--data]` (served by the engine itself):
 //! nothing the client sends reaches a shell. Everything else (shells, ptys,
 //! forwarding, subsystems) is refused.
 
@@ -564,6 +565,11 @@ impl russh::server::Handler for Connection {
                 Request::Config { action, .. } => job.config(channel, action).await,
                 Request::Rollback(_) => job.make_live(channel, None).await,
                 Request::Activate { release, .. } => job.make_live(channel, Some(release)).await,
+                Request::Disable(_) => job.lifecycle(channel, Lifecycle::Disable).await,
+                Request::Enable(_) => job.lifecycle(channel, Lifecycle::Enable).await,
+                Request::Destroy { data, .. } => {
+                    job.lifecycle(channel, Lifecycle::Destroy { data }).await
+                }
             };
             if let Err(e) = result {
                 tracing::warn!("git session: {e:#}");
@@ -810,6 +816,48 @@ impl GitJob {
             Some(id) => engine.activate(&self.site, id, by, &progress).await,
         };
         self.finish_deploy(&w, result, progress, forward).await;
+        Ok(())
+    }
+}
+
+/// What `GitJob::lifecycle` does to its site.
+enum Lifecycle {
+    Disable,
+    Enable,
+    Destroy { data: bool },
+}
+
+impl GitJob {
+    /// `toppcloud disable`, `enable` and `destroy`: progress and the
+    /// summary on stderr, as a rollback's are.
+    async fn lifecycle(self, channel: Channel<Msg>, op: Lifecycle) -> Result<()> {
+        let (_, w) = channel.split();
+        let (progress, lines) = Progress::channel();
+        let forward = tokio::spawn(forward_lines(
+            lines,
+            w.make_writer_ext(Some(1)),
+            self.cancel.clone(),
+        ));
+        let engine = &self.shared.engine;
+        let by = &self.identity.name;
+        let result = match op {
+            Lifecycle::Disable => engine.set_disabled(&self.site, true, by, &progress).await,
+            Lifecycle::Enable => engine.set_disabled(&self.site, false, by, &progress).await,
+            Lifecycle::Destroy { data } => engine.destroy(&self.site, data, by, &progress).await,
+        };
+        let code = match result {
+            Ok(message) => {
+                progress.say(message);
+                0
+            }
+            Err(e) => {
+                progress.say(format!("toppcloud: {e}"));
+                1
+            }
+        };
+        drop(progress);
+        let _ = forward.await;
+        finish(&w, code, &self.cancel).await;
         Ok(())
     }
 }
