@@ -18,6 +18,7 @@ mod config;
 mod crash;
 mod deploy;
 mod failures;
+mod lifecycle;
 mod limits;
 mod node;
 mod push;
