@@ -94,7 +94,10 @@ pub fn check_exec_line(line: &str) {
             check_site(&site);
             let words = shell_words::split(line).expect("an accepted line splits");
             assert_eq!(words.len(), 2, "{line:?}");
-            assert!(["disable", "enable"].contains(&words[0].as_str()), "{line:?}");
+            assert!(
+                ["disable", "enable"].contains(&words[0].as_str()),
+                "{line:?}"
+            );
         }
         Ok(Request::Destroy { site, data }) => {
             check_site(&site);
