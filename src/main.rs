@@ -453,14 +453,29 @@ impl std::fmt::Display for ExitWith {
 impl std::error::Error for ExitWith {}
 
 /// `toppcloud disable|enable|destroy` through the node's SSH door.
-fn lifecycle_remote(words: &[String], node: Option<&str>) -> Result<()> {
-    remote::check_lifecycle(words)?;
-    let cfg = client::ClientConfig::load(&client::config_path()?)?;
-    let node = cfg.node(node)?;
-    match remote::lifecycle(words, &node)? {
+/// The node a laptop command talks to: `--node`, else the default one.
+fn laptop_node(name: Option<&str>) -> Result<client::Node> {
+    client::ClientConfig::load(&client::config_path()?)?.node(name)
+}
+
+/// A remote command's exit code, passed on.
+fn exit_with(code: i32) -> Result<()> {
+    match code {
         0 => Ok(()),
         code => Err(ExitWith(code).into()),
     }
+}
+
+/// One request to the running node over its control socket; its answer.
+async fn ask_node(flags: &NodeFlags, req: &control::Request) -> Result<String> {
+    let socket = Layout::new(flags.resolve()?.data_dir).control_socket();
+    control::request(&socket, req).await
+}
+
+fn lifecycle_remote(words: &[String], node: Option<&str>) -> Result<()> {
+    remote::check_lifecycle(words)?;
+    let node = laptop_node(node)?;
+    exit_with(remote::lifecycle(words, &node)?)
 }
 
 async fn run(cli: Cli) -> Result<()> {
@@ -503,8 +518,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Node(NodeCommand::Rollback { site, flags }) => {
-            let socket = Layout::new(flags.resolve()?.data_dir).control_socket();
-            let done = control::request(&socket, &control::Request::Rollback { site }).await?;
+            let done = ask_node(&flags, &control::Request::Rollback { site }).await?;
             println!("{done}");
             Ok(())
         }
@@ -513,21 +527,18 @@ async fn run(cli: Cli) -> Result<()> {
             release,
             flags,
         }) => {
-            let socket = Layout::new(flags.resolve()?.data_dir).control_socket();
             let req = control::Request::Activate { site, release };
-            let done = control::request(&socket, &req).await?;
+            let done = ask_node(&flags, &req).await?;
             println!("{done}");
             Ok(())
         }
         Command::Node(NodeCommand::Disable { site, flags }) => {
-            let socket = Layout::new(flags.resolve()?.data_dir).control_socket();
-            let done = control::request(&socket, &control::Request::Disable { site }).await?;
+            let done = ask_node(&flags, &control::Request::Disable { site }).await?;
             println!("{done}");
             Ok(())
         }
         Command::Node(NodeCommand::Enable { site, flags }) => {
-            let socket = Layout::new(flags.resolve()?.data_dir).control_socket();
-            let done = control::request(&socket, &control::Request::Enable { site }).await?;
+            let done = ask_node(&flags, &control::Request::Enable { site }).await?;
             println!("{done}");
             Ok(())
         }
@@ -542,22 +553,18 @@ async fn run(cli: Cli) -> Result<()> {
                     "destroy removes {site}'s routes, releases and repository for good: add --yes to confirm"
                 );
             }
-            let socket = Layout::new(flags.resolve()?.data_dir).control_socket();
             let req = control::Request::Destroy { site, yes, data };
-            let done = control::request(&socket, &req).await?;
+            let done = ask_node(&flags, &req).await?;
             println!("{done}");
             Ok(())
         }
         Command::Node(NodeCommand::Status { json, flags }) => {
-            let socket = Layout::new(flags.resolve()?.data_dir).control_socket();
-            let done = control::request(&socket, &control::Request::Status { json }).await?;
+            let done = ask_node(&flags, &control::Request::Status { json }).await?;
             print!("{done}");
             Ok(())
         }
         Command::Node(NodeCommand::Releases { site, json, flags }) => {
-            let socket = Layout::new(flags.resolve()?.data_dir).control_socket();
-            let done =
-                control::request(&socket, &control::Request::Releases { site, json }).await?;
+            let done = ask_node(&flags, &control::Request::Releases { site, json }).await?;
             print!("{done}");
             Ok(())
         }
@@ -569,8 +576,7 @@ async fn run(cli: Cli) -> Result<()> {
             node,
             etc_hosts,
         } => {
-            let cfg = client::ClientConfig::load(&client::config_path()?)?;
-            let node = cfg.node(node.as_deref())?;
+            let node = laptop_node(node.as_deref())?;
             update::run(&dir, host.as_deref(), &node, etc_hosts)
         }
         Command::Config {
@@ -579,40 +585,24 @@ async fn run(cli: Cli) -> Result<()> {
             change,
             node,
         } => {
-            let cfg = client::ClientConfig::load(&client::config_path()?)?;
-            let node = cfg.node(node.as_deref())?;
-            match remote::config(&site, values, &change, &node)? {
-                0 => Ok(()),
-                code => Err(ExitWith(code).into()),
-            }
+            let node = laptop_node(node.as_deref())?;
+            exit_with(remote::config(&site, values, &change, &node)?)
         }
         Command::Rollback { site, node } => {
-            let cfg = client::ClientConfig::load(&client::config_path()?)?;
-            let node = cfg.node(node.as_deref())?;
-            match remote::make_live(&site, None, &node)? {
-                0 => Ok(()),
-                code => Err(ExitWith(code).into()),
-            }
+            let node = laptop_node(node.as_deref())?;
+            exit_with(remote::make_live(&site, None, &node)?)
         }
         Command::Status { json, node } => {
-            let cfg = client::ClientConfig::load(&client::config_path()?)?;
-            let node = cfg.node(node.as_deref())?;
-            match remote::status(json, &node)? {
-                0 => Ok(()),
-                code => Err(ExitWith(code).into()),
-            }
+            let node = laptop_node(node.as_deref())?;
+            exit_with(remote::status(json, &node)?)
         }
         Command::Activate {
             site,
             release,
             node,
         } => {
-            let cfg = client::ClientConfig::load(&client::config_path()?)?;
-            let node = cfg.node(node.as_deref())?;
-            match remote::make_live(&site, Some(&release), &node)? {
-                0 => Ok(()),
-                code => Err(ExitWith(code).into()),
-            }
+            let node = laptop_node(node.as_deref())?;
+            exit_with(remote::make_live(&site, Some(&release), &node)?)
         }
         Command::Disable { site, node } => {
             let words = vec!["disable".to_string(), site];
@@ -629,12 +619,8 @@ async fn run(cli: Cli) -> Result<()> {
             node,
         } => lifecycle_remote(&remote::destroy_words(&site, yes, data), node.as_deref()),
         Command::Releases { site, json, node } => {
-            let cfg = client::ClientConfig::load(&client::config_path()?)?;
-            let node = cfg.node(node.as_deref())?;
-            match remote::releases(&site, json, &node)? {
-                0 => Ok(()),
-                code => Err(ExitWith(code).into()),
-            }
+            let node = laptop_node(node.as_deref())?;
+            exit_with(remote::releases(&site, json, &node)?)
         }
         Command::DefaultNode { node, name } => {
             let chosen = client::set_default(&node, name.as_deref())?;
@@ -642,8 +628,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Remote { site, node } => {
-            let cfg = client::ClientConfig::load(&client::config_path()?)?;
-            let node = cfg.node(node.as_deref())?;
+            let node = laptop_node(node.as_deref())?;
             update::add_remote(site.as_deref(), &node)
         }
         Command::Init { dir, config, .. } => init::run(

@@ -867,15 +867,7 @@ impl Engine {
             .map_err(DeployError::Node)?;
         let slot = self.claim_spare(site).map_err(DeployError::Node)?;
         let loaded = async {
-            self.apache
-                .wait_empty(
-                    slot,
-                    self.apache.request_timeout() + Duration::from_secs(10),
-                )
-                .await
-                .and_then(|()| self.apache.set_pointer(slot, &dir))
-                .map_err(DeployError::Node)?;
-            progress.say("-----> starting the release");
+            self.load_into(slot, &dir, progress).await?;
             self.check(site, target, slot, &update_fetch, progress)
                 .await
                 .map_err(DeployError::Check)
@@ -1132,15 +1124,7 @@ impl Engine {
         // Load into a spare slot, warm, before any public host points at it.
         let slot = self.claim_spare(site).map_err(DeployError::Node)?;
         attempt.slot = Some(slot);
-        self.apache
-            .wait_empty(
-                slot,
-                self.apache.request_timeout() + Duration::from_secs(10),
-            )
-            .await
-            .and_then(|()| self.apache.set_pointer(slot, &dir))
-            .map_err(DeployError::Node)?;
-        progress.say("-----> starting the release");
+        self.load_into(slot, &dir, progress).await?;
 
         // Check
         self.check(site, id, slot, &ini.update_fetch, progress)
@@ -1456,6 +1440,26 @@ impl Engine {
         st.pool
             .claim(site, &in_use, |s| self.apache.retired_at(s))
             .with_context(|| format!("internal error: the cell of {site} has no spare daemon"))
+    }
+
+    /// Points a claimed slot at a release once its daemon is known empty;
+    /// the daemon becomes the release on the first request.
+    async fn load_into(
+        &self,
+        slot: Slot,
+        dir: &Path,
+        progress: &Progress,
+    ) -> Result<(), DeployError> {
+        self.apache
+            .wait_empty(
+                slot,
+                self.apache.request_timeout() + Duration::from_secs(10),
+            )
+            .await
+            .and_then(|()| self.apache.set_pointer(slot, dir))
+            .map_err(DeployError::Node)?;
+        progress.say("-----> starting the release");
+        Ok(())
     }
 
     /// Asks the new release, through Apache, for `/` and each `update_fetch`

@@ -224,17 +224,23 @@ async fn handle(stream: UnixStream, state: Arc<Node>) -> Result<()> {
         }
         Request::Rollback { site } => {
             let words = vec!["rollback".to_string(), site];
-            make_live(&mut w, engine, &words).await?;
+            let parsed = crate::node::exec::release_command(&words, engine.domain());
+            operate(&mut w, engine, parsed).await?;
         }
         Request::Activate { site, release } => {
             let words = vec!["activate".to_string(), site, release];
-            make_live(&mut w, engine, &words).await?;
+            let parsed = crate::node::exec::release_command(&words, engine.domain());
+            operate(&mut w, engine, parsed).await?;
         }
         Request::Disable { site } => {
-            lifecycle(&mut w, engine, &["disable".to_string(), site]).await?;
+            let words = ["disable".to_string(), site];
+            let parsed = crate::node::exec::lifecycle_command(&words, engine.domain());
+            operate(&mut w, engine, parsed).await?;
         }
         Request::Enable { site } => {
-            lifecycle(&mut w, engine, &["enable".to_string(), site]).await?;
+            let words = ["enable".to_string(), site];
+            let parsed = crate::node::exec::lifecycle_command(&words, engine.domain());
+            operate(&mut w, engine, parsed).await?;
         }
         Request::Destroy { site, yes, data } => {
             let mut words = vec!["destroy".to_string(), site];
@@ -244,7 +250,8 @@ async fn handle(stream: UnixStream, state: Arc<Node>) -> Result<()> {
             if data {
                 words.push("--data".to_string());
             }
-            lifecycle(&mut w, engine, &words).await?;
+            let parsed = crate::node::exec::lifecycle_command(&words, engine.domain());
+            operate(&mut w, engine, parsed).await?;
         }
         Request::Status { json } => {
             let r = engine.status_report(|_| true).await;
@@ -300,13 +307,14 @@ async fn handle(stream: UnixStream, state: Arc<Node>) -> Result<()> {
     Ok(())
 }
 
-/// `node rollback` and `node activate`, read as the SSH door reads them.
-async fn make_live(
+/// `node rollback|activate|disable|enable|destroy`, parsed as the SSH door
+/// parses them (a refusal is the done message), run with "node" as who.
+async fn operate(
     w: &mut tokio::net::unix::OwnedWriteHalf,
     engine: Arc<crate::engine::Engine>,
-    words: &[String],
+    parsed: Result<ExecRequest, String>,
 ) -> Result<()> {
-    let request = match crate::node::exec::release_command(words, engine.domain()) {
+    let request = match parsed {
         Ok(r) => r,
         Err(message) => {
             send(w, &Event::Done { ok: false, message }).await?;
@@ -317,44 +325,20 @@ async fn make_live(
         tokio::spawn(async move {
             let by = "node";
             let result = match request {
-                ExecRequest::Rollback(site) => engine.rollback(&site, by, &progress).await,
-                ExecRequest::Activate { site, release } => {
-                    engine.activate(&site, release, by, &progress).await
-                }
-                _ => return Err(anyhow::anyhow!("internal error: not a release command")),
-            };
-            result
-                .map(|d| d.summary())
-                .map_err(|e| anyhow::anyhow!("{e}"))
-        })
-    })
-    .await
-}
-
-/// `node disable`, `node enable` and `node destroy`, read as the SSH door
-/// reads them.
-async fn lifecycle(
-    w: &mut tokio::net::unix::OwnedWriteHalf,
-    engine: Arc<crate::engine::Engine>,
-    words: &[String],
-) -> Result<()> {
-    let request = match crate::node::exec::lifecycle_command(words, engine.domain()) {
-        Ok(r) => r,
-        Err(message) => {
-            send(w, &Event::Done { ok: false, message }).await?;
-            return Ok(());
-        }
-    };
-    relay(w, move |progress| {
-        tokio::spawn(async move {
-            let by = "node";
-            let result = match request {
+                ExecRequest::Rollback(site) => engine
+                    .rollback(&site, by, &progress)
+                    .await
+                    .map(|d| d.summary()),
+                ExecRequest::Activate { site, release } => engine
+                    .activate(&site, release, by, &progress)
+                    .await
+                    .map(|d| d.summary()),
                 ExecRequest::Disable(site) => engine.set_disabled(&site, true, by, &progress).await,
                 ExecRequest::Enable(site) => engine.set_disabled(&site, false, by, &progress).await,
                 ExecRequest::Destroy { site, data } => {
                     engine.destroy(&site, data, by, &progress).await
                 }
-                _ => return Err(anyhow::anyhow!("internal error: not a lifecycle command")),
+                _ => return Err(anyhow::anyhow!("internal error: not an operation")),
             };
             result.map_err(|e| anyhow::anyhow!("{e}"))
         })

@@ -4,15 +4,11 @@
 //! shown only when asked for, and never reach the node's log, its deploy
 //! records or its API.
 
-use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::path::PathBuf;
 
-use crate::support::{App, BIN, Node, Run, clean_command, client_command, run_with_timeout};
+use crate::support::{App, Laptop, Node, deploy_id, ssh};
 
 const TOKEN: &str = "config-token";
-
-const SSH: &str = "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
-                   -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR";
 
 fn node() -> Node {
     Node::start_with(&format!("[http]\nadmin_token = {TOKEN:?}\n"))
@@ -30,68 +26,6 @@ fn env_app() -> App {
          return [(' '.join('%s=%s' % (k, os.environ.get(k, '-')) for k in keys) + '\\n').encode()]\n",
     );
     app
-}
-
-/// A laptop: a HOME whose client config names the node, reached with `key`.
-pub(crate) struct Laptop {
-    home: tempfile::TempDir,
-}
-
-impl Laptop {
-    pub(crate) fn new(node: &Node, key: &Path) -> Laptop {
-        let home = tempfile::tempdir().expect("tempdir");
-        let dir = home.path().join(".config/toppcloud");
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        std::fs::write(
-            dir.join("config.toml"),
-            format!(
-                "default_node = \"dev\"\n[nodes.dev]\nurl = \"ssh://toppcloud@127.0.0.1:{}\"\nkey = {key:?}\nssh = \"{SSH}\"\n",
-                node.ssh_port
-            ),
-        )
-        .expect("write config");
-        Laptop { home }
-    }
-
-    pub(crate) fn toppcloud(&self, args: &[&str]) -> Run {
-        let mut cmd = clean_command(BIN, self.home.path());
-        cmd.args(args).current_dir(self.home.path());
-        Run::from(
-            format!("toppcloud {}", args.join(" ")),
-            run_with_timeout(cmd, Duration::from_secs(240)),
-        )
-    }
-}
-
-/// A bare ssh to the node's door running `line`, as someone might by hand.
-pub(crate) fn ssh(node: &Node, key: &Path, line: &str) -> Run {
-    let mut cmd = client_command("ssh");
-    cmd.args(["-F", "/dev/null", "-i"])
-        .arg(key)
-        .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args(["-o", "LogLevel=ERROR", "-p"])
-        .arg(node.ssh_port.to_string())
-        .arg("toppcloud@127.0.0.1")
-        .arg(line);
-    Run::from(
-        format!("ssh {line}"),
-        run_with_timeout(cmd, Duration::from_secs(240)),
-    )
-}
-
-/// The deploy id a summary line names (`...; deploy ID`).
-pub(crate) fn deploy_id(text: &str) -> String {
-    text.lines()
-        .filter_map(|l| l.split("; deploy ").nth(1))
-        .map(|r| r.split_whitespace().next().unwrap_or_default().to_string())
-        .next_back()
-        .unwrap_or_else(|| panic!("no deploy id in:\n{text}"))
 }
 
 /// An API answer (admin token) as text, and as JSON.

@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use crate::config::{Laptop, ssh};
 use crate::support::{App, Node, Run, git, run_with_timeout};
+use crate::support::{Laptop, ssh};
 
 /// `toppcloud node ARGS...` against `node`.
 fn node_cmd(node: &Node, args: &[&str]) -> Run {

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::config::{Laptop, deploy_id, ssh};
 use crate::support::{App, Node, Run, run_with_timeout};
+use crate::support::{Laptop, deploy_id, ssh};
 
 const TOKEN: &str = "rollback-token";
 

@@ -3,13 +3,9 @@
 //! node's SSH door with the key's site rights, and by a bare ssh; `--json`
 //! for scripts, a table for people.
 
-use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{App, BIN, Node, Run, clean_command, client_command, git, run_with_timeout};
-
-const SSH: &str = "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
-                   -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR";
+use crate::support::{App, Laptop, Node, Run, git, run_with_timeout, ssh};
 
 /// `toppcloud node ARGS... --config FILE` against this node.
 fn node_cmd(node: &Node, args: &[&str]) -> Run {
@@ -24,59 +20,6 @@ fn node_cmd(node: &Node, args: &[&str]) -> Run {
 fn json(run: &Run) -> serde_json::Value {
     run.success();
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{e}: not JSON:\n{}", run.stdout))
-}
-
-/// A laptop: a HOME whose client config names the node, reached with `key`.
-struct Laptop {
-    home: tempfile::TempDir,
-}
-
-impl Laptop {
-    fn new(node: &Node, key: &Path) -> Laptop {
-        let home = tempfile::tempdir().expect("tempdir");
-        let dir = home.path().join(".config/toppcloud");
-        std::fs::create_dir_all(&dir).expect("mkdir");
-        std::fs::write(
-            dir.join("config.toml"),
-            format!(
-                "default_node = \"dev\"\n[nodes.dev]\nurl = \"ssh://toppcloud@127.0.0.1:{}\"\nkey = {key:?}\nssh = \"{SSH}\"\n",
-                node.ssh_port
-            ),
-        )
-        .expect("write config");
-        Laptop { home }
-    }
-
-    fn toppcloud(&self, args: &[&str]) -> Run {
-        let mut cmd = clean_command(BIN, self.home.path());
-        cmd.args(args).current_dir(self.home.path());
-        Run::from(
-            format!("toppcloud {}", args.join(" ")),
-            run_with_timeout(cmd, Duration::from_secs(60)),
-        )
-    }
-}
-
-/// A bare ssh to the node's door running `line`.
-fn ssh(node: &Node, key: &Path, line: &str) -> Run {
-    let mut cmd = client_command("ssh");
-    cmd.args(["-F", "/dev/null", "-i"])
-        .arg(key)
-        .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
-        .args([
-            "-o",
-            "StrictHostKeyChecking=no",
-            "-o",
-            "UserKnownHostsFile=/dev/null",
-        ])
-        .args(["-o", "LogLevel=ERROR", "-p"])
-        .arg(node.ssh_port.to_string())
-        .arg("toppcloud@127.0.0.1")
-        .arg(line);
-    Run::from(
-        format!("ssh {line}"),
-        run_with_timeout(cmd, Duration::from_secs(60)),
-    )
 }
 
 /// An app that answers 500 at `/` once a file named `fail-now` sits next

@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use super::{
-    Run, built_wheelhouse, client_command, free_loopback_port, run_with_timeout, uv_cache, wait_for,
+    BIN, Node, Run, built_wheelhouse, clean_command, client_command, free_loopback_port,
+    run_with_timeout, uv_cache, wait_for,
 };
 
 /// The ssh command git uses: this key only, no config, no prompts.
@@ -332,4 +333,72 @@ impl Drop for Serve {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+// ---- A laptop and the node's SSH door ----
+
+/// The ssh command a laptop's client config names for test nodes.
+const LAPTOP_SSH: &str = "ssh -F /dev/null -o BatchMode=yes -o StrictHostKeyChecking=no \
+                   -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR";
+
+/// A laptop: a HOME whose client config names the node, reached with `key`.
+pub struct Laptop {
+    home: tempfile::TempDir,
+}
+
+impl Laptop {
+    pub fn new(node: &Node, key: &Path) -> Laptop {
+        let home = tempfile::tempdir().expect("tempdir");
+        let dir = home.path().join(".config/toppcloud");
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(
+            dir.join("config.toml"),
+            format!(
+                "default_node = \"dev\"\n[nodes.dev]\nurl = \"ssh://toppcloud@127.0.0.1:{}\"\nkey = {key:?}\nssh = \"{LAPTOP_SSH}\"\n",
+                node.ssh_port
+            ),
+        )
+        .expect("write config");
+        Laptop { home }
+    }
+
+    pub fn toppcloud(&self, args: &[&str]) -> Run {
+        let mut cmd = clean_command(BIN, self.home.path());
+        cmd.args(args).current_dir(self.home.path());
+        Run::from(
+            format!("toppcloud {}", args.join(" ")),
+            run_with_timeout(cmd, Duration::from_secs(240)),
+        )
+    }
+}
+
+/// A bare ssh to the node's door running `line`, as someone might by hand.
+pub fn ssh(node: &Node, key: &Path, line: &str) -> Run {
+    let mut cmd = client_command("ssh");
+    cmd.args(["-F", "/dev/null", "-i"])
+        .arg(key)
+        .args(["-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes"])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+        ])
+        .args(["-o", "LogLevel=ERROR", "-p"])
+        .arg(node.ssh_port.to_string())
+        .arg("toppcloud@127.0.0.1")
+        .arg(line);
+    Run::from(
+        format!("ssh {line}"),
+        run_with_timeout(cmd, Duration::from_secs(240)),
+    )
+}
+
+/// The deploy id a summary line names (`...; deploy ID`).
+pub fn deploy_id(text: &str) -> String {
+    text.lines()
+        .filter_map(|l| l.split("; deploy ").nth(1))
+        .map(|r| r.split_whitespace().next().unwrap_or_default().to_string())
+        .next_back()
+        .unwrap_or_else(|| panic!("no deploy id in:\n{text}"))
 }
