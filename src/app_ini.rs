@@ -23,6 +23,9 @@ pub struct AppIni {
     pub app_name: String,
     pub version: Option<u32>,
     pub runner: Runner,
+    /// The path checked before every switch (`health_check`, default `/`):
+    /// it must answer 2xx or 3xx with the site's real Host.
+    pub health_check: String,
     /// URL paths requested after each update, e.g. "/update".
     pub update_fetch: Vec<String>,
     /// `update_fetch` lines of the form `script:FILE ARGS...`: commands run
@@ -324,6 +327,7 @@ fn interpret(
     let mut app_name = None;
     let mut version = None;
     let mut runner = None;
+    let mut health_check = None;
     let mut update_fetch = Vec::new();
     let mut release_tasks = Vec::new();
     let mut default_host = None;
@@ -344,6 +348,10 @@ fn interpret(
             "runner" => {
                 let (line, value) = entry.single()?;
                 runner = Some(parse_runner(value, line, file_exists)?);
+            }
+            "health_check" => {
+                let (line, value) = entry.single()?;
+                health_check = Some(parse_health_check(value, line)?);
             }
             "update_fetch" => {
                 (update_fetch, release_tasks) = parse_update_fetch(entry, file_exists)?;
@@ -398,6 +406,7 @@ fn interpret(
         app_name,
         version,
         runner,
+        health_check: health_check.unwrap_or_else(|| "/".to_owned()),
         update_fetch,
         release_tasks,
         default_host,
@@ -519,6 +528,34 @@ fn is_python_dotted_name(name: &str) -> bool {
             .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
             && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
     })
+}
+
+/// `health_check = /healthz`: one URL path, possibly with a query. It goes
+/// into a request line, so nothing that could end or bend one is allowed.
+fn parse_health_check(value: &str, line: usize) -> Result<String, AppIniError> {
+    let refuse = |why: &str| {
+        AppIniError::at(
+            line,
+            format!("health_check: {value:?} {why} (health_check = /healthz)"),
+        )
+    };
+    if !value.starts_with('/') {
+        return Err(refuse("must be a URL path starting with \"/\""));
+    }
+    if value.len() > 1024 {
+        return Err(refuse("is longer than 1024 characters"));
+    }
+    if let Some(c) = value
+        .chars()
+        .find(|c| !c.is_ascii_graphic() || *c == '#' || *c == '\\')
+    {
+        return Err(refuse(&format!("may not contain {c:?}")));
+    }
+    let path = value.split('?').next().unwrap_or(value);
+    if path.split('/').any(|seg| seg == "..") {
+        return Err(refuse("may not contain a \"..\" segment"));
+    }
+    Ok(value.to_owned())
 }
 
 /// `update_fetch`: URL paths, and `script:` lines (each a whole line).
@@ -810,12 +847,31 @@ mod tests {
                 file: "main.py".to_owned(),
                 object: "application".to_owned(),
             },
+            health_check: "/".to_owned(),
             update_fetch: vec![],
             release_tasks: vec![],
             default_host: None,
             packages: vec![],
             services: vec![],
         }
+    }
+
+    #[test]
+    fn health_check_path() {
+        let app = ok("[production]\napp_name = blog\nhealth_check = /healthz?full=1\n");
+        assert_eq!(app.health_check, "/healthz?full=1");
+        assert_eq!(
+            err("[production]\napp_name = blog\nhealth_check = healthz\n"),
+            "app.ini:3: health_check: \"healthz\" must be a URL path starting with \"/\" (health_check = /healthz)"
+        );
+        assert_eq!(
+            err("[production]\napp_name = blog\nhealth_check = /a/../b\n"),
+            "app.ini:3: health_check: \"/a/../b\" may not contain a \"..\" segment (health_check = /healthz)"
+        );
+        assert_eq!(
+            err("[production]\napp_name = blog\nhealth_check = /a b\n"),
+            "app.ini:3: health_check: \"/a b\" may not contain ' ' (health_check = /healthz)"
+        );
     }
 
     #[test]
@@ -848,6 +904,7 @@ service.files = size=10M
                     file: "app/wsgi.py".to_owned(),
                     object: "app".to_owned(),
                 },
+                health_check: "/".to_owned(),
                 update_fetch: vec!["/update".to_owned()],
                 release_tasks: vec![],
                 default_host: Some("blog.example.com".to_owned()),

@@ -14,6 +14,7 @@
 //! upload of one site ever runs as root or as another site.
 
 pub mod build;
+pub mod checks;
 pub mod git;
 pub mod lifecycle;
 pub mod pool;
@@ -45,6 +46,7 @@ use crate::layout::Layout;
 use crate::names::{Domain, ReleaseId, SiteName};
 use crate::progress::Progress;
 use build::{BuildFor, Builder, venv_key_of};
+use checks::{Checks, Expect, static_serves};
 use pool::SlotPool;
 use queue::{Outcome, Registry};
 use release::ReleaseFile;
@@ -828,14 +830,14 @@ impl Engine {
             return Ok(deployed);
         }
         let dir = self.layout.release_dir(site, target);
-        let update_fetch = AppIni::load(&release::app_dir(&dir))
-            .map(|(ini, _)| ini.update_fetch)
+        let checks = AppIni::load(&release::app_dir(&dir))
+            .map(|(ini, _)| Checks::of(&ini))
             .unwrap_or_default();
         if let Some(p) = prev.as_ref().filter(|p| p.release == target) {
             progress.say(format!(
                 "-----> {origin}: release {target} (previous, warm) becomes live (deploy {deploy})"
             ));
-            self.check(site, target, p.slot, &update_fetch, progress)
+            self.check(site, target, p.slot, &checks, progress)
                 .await
                 .map_err(DeployError::Check)?;
             self.swap(site, &live, p).map_err(DeployError::Node)?;
@@ -868,7 +870,7 @@ impl Engine {
         let slot = self.claim_spare(site).map_err(DeployError::Node)?;
         let loaded = async {
             self.load_into(slot, &dir, progress).await?;
-            self.check(site, target, slot, &update_fetch, progress)
+            self.check(site, target, slot, &checks, progress)
                 .await
                 .map_err(DeployError::Check)
         }
@@ -1127,7 +1129,7 @@ impl Engine {
         self.load_into(slot, &dir, progress).await?;
 
         // Check
-        self.check(site, id, slot, &ini.update_fetch, progress)
+        self.check(site, id, slot, &Checks::of(&ini), progress)
             .await
             .map_err(DeployError::Check)?;
 
@@ -1462,23 +1464,30 @@ impl Engine {
         Ok(())
     }
 
-    /// Asks the new release, through Apache, for `/` and each `update_fetch`
-    /// path, and insists the answer comes from that release.
+    /// Asks the new release, through Apache and with the site's real Host,
+    /// for its health check path and each `update_fetch` path, and insists
+    /// the answer comes from that release.
     async fn check(
         &self,
         site: &SiteName,
         id: ReleaseId,
         slot: Slot,
-        update_fetch: &[String],
+        checks: &Checks,
         progress: &Progress,
     ) -> Result<()> {
         let want = format!("{site} {id}");
         let limit = self.apache.request_timeout().max(Duration::from_secs(30));
         let deadline = Instant::now() + limit;
-        let mut paths = vec!["/".to_string()];
-        paths.extend(update_fetch.iter().cloned());
-        for (i, path) in paths.iter().enumerate() {
-            let is_root = i == 0;
+        let app_dir = release::app_dir(&self.layout.release_dir(site, id));
+        // Users get static/ from Apache before the app: when the health
+        // path is one of those files, the app behind it need only load.
+        let health_is_static = static_serves(&app_dir, &checks.health);
+        let mut paths = vec![(checks.health.as_str(), Expect::Healthy)];
+        if health_is_static {
+            paths[0].1 = Expect::Loaded;
+        }
+        paths.extend(checks.fetch.iter().map(|p| (p.as_str(), Expect::Fetched)));
+        for (path, expect) in paths {
             loop {
                 // The site's real Host: an app that checks it (Django's
                 // ALLOWED_HOSTS) answers the node as it will answer users.
@@ -1488,21 +1497,15 @@ impl Engine {
                         bail!("the app failed to load:\n{}", indent(&r.body));
                     }
                     Ok(r) if r.header("x-toppcloud-release") == Some(want.as_str()) => {
-                        if is_root && r.status >= 500 {
-                            bail!(
-                                "the app answered GET / with {}:\n{}",
-                                r.status,
-                                indent(&r.body)
-                            );
+                        if let Some(why) = expect.refusal(r.status, path, site) {
+                            bail!("{why}:\n{}", indent(&r.body));
                         }
-                        if !is_root && !(200..300).contains(&r.status) {
-                            bail!(
-                                "update_fetch {path} answered {} (expected 2xx):\n{}",
-                                r.status,
-                                indent(&r.body)
-                            );
-                        }
-                        progress.say(format!("-----> checked GET {path}: {}", r.status));
+                        let how = if health_is_static && expect == Expect::Loaded {
+                            " (served from static/)"
+                        } else {
+                            ""
+                        };
+                        progress.say(format!("-----> checked GET {path}: {}{how}", r.status));
                         break;
                     }
                     // An answer from another release or an error: the slot

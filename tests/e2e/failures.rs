@@ -64,7 +64,7 @@ fn app_answering_500_keeps_the_live_release() {
     );
     node.deploy("blog", &app)
         .failure()
-        .stderr_has("the app answered GET / with 500")
+        .stderr_has("health check: GET / (Host: blog.localhost) answered 500")
         .stderr_has("database unreachable");
     assert_untouched(&node);
 }
@@ -173,4 +173,85 @@ fn deploy_without_a_node_says_so() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no node is running here"), "{err}");
+}
+
+/// Answers 200 only to the Host it was written for, 400 to any other, as
+/// Django does for a name missing from ALLOWED_HOSTS.
+fn host_checking_main_py(allowed: &str) -> String {
+    format!(
+        "def application(environ, start_response):\n    \
+         if environ.get('HTTP_HOST', '').split(':')[0] != {allowed:?}:\n        \
+         start_response('400 Bad Request', [('Content-Type', 'text/plain')])\n        \
+         return [b'Invalid HTTP_HOST header\\n']\n    \
+         start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+         return [b'good 3\\n']\n"
+    )
+}
+
+#[test]
+fn app_refusing_the_site_host_with_400_keeps_the_live_release() {
+    let (node, app) = node_with_two_releases();
+    app.file("main.py", &host_checking_main_py("www.example.com"));
+    node.deploy("blog", &app)
+        .failure()
+        .stderr_has("health check: GET / (Host: blog.localhost) answered 400")
+        .stderr_has("the app must accept blog.localhost")
+        .stderr_has("Invalid HTTP_HOST header");
+    assert_untouched(&node);
+    // The same app told the site's name goes live: the check used the real Host.
+    app.file("main.py", &host_checking_main_py("blog.localhost"));
+    node.deploy("blog", &app).success();
+    assert_eq!(node.body("blog.localhost"), "good 3\n");
+}
+
+#[test]
+fn health_check_path_from_app_ini_decides() {
+    let (node, app) = node_with_two_releases();
+    // `/` is a 404 (an API with no index), /healthz is what counts.
+    let main_py = |healthz_status: &str| {
+        format!(
+            "def application(environ, start_response):\n    \
+             if environ['PATH_INFO'] == '/healthz':\n        \
+             start_response({healthz_status:?}, [('Content-Type', 'text/plain')])\n        \
+             return [b'healthz says {healthz_status}\\n']\n    \
+             start_response('404 Not Found', [('Content-Type', 'text/plain')])\n    \
+             return [b'api only\\n']\n"
+        )
+    };
+    app.file(
+        "app.ini",
+        "[production]\napp_name = blog\nversion = 3\nhealth_check = /healthz\n",
+    )
+    .file("main.py", &main_py("503 Service Unavailable"));
+    node.deploy("blog", &app)
+        .failure()
+        .stderr_has("health check: GET /healthz (Host: blog.localhost) answered 503")
+        .stderr_has("healthz says 503");
+    assert_untouched(&node);
+
+    app.file("main.py", &main_py("200 OK"));
+    node.deploy("blog", &app)
+        .success()
+        .stdout_has("checked GET /healthz: 200");
+    assert_eq!(
+        node.get("blog.localhost", "/healthz").body,
+        "healthz says 200 OK\n"
+    );
+    assert_eq!(node.get("blog.localhost", "/").code, 404);
+}
+
+#[test]
+fn app_without_a_root_page_is_refused_unless_it_names_a_health_check() {
+    let (node, app) = node_with_two_releases();
+    app.file(
+        "main.py",
+        "def application(environ, start_response):\n    \
+         start_response('404 Not Found', [('Content-Type', 'text/plain')])\n    \
+         return [b'nothing here\\n']\n",
+    );
+    node.deploy("blog", &app)
+        .failure()
+        .stderr_has("answered 404, expected 2xx or 3xx")
+        .stderr_has("set app.ini health_check = PATH");
+    assert_untouched(&node);
 }
