@@ -552,6 +552,7 @@ fn site_summary(api: &Node, site: &SiteName, st: Option<&SiteState>) -> Value {
         "site": name,
         "url": api.engine.url(name),
         "live": live,
+        "disabled": st.is_some_and(|st| st.disabled),
         "upstream": upstream.map(redact),
         "webhooks": upstream.is_some() && cfg.and_then(|c| c.secret()).is_some(),
     });

@@ -28,9 +28,28 @@ fn assert_maintenance(node: &Node, host: &str) {
     assert_eq!(a.header("retry-after"), Some("600"), "{:?}", a.headers);
 }
 
+/// The `disabled` flag of the site in the node's API, `GET /sites`.
+fn api_disabled(node: &Node, site: &str) -> Option<bool> {
+    let a = node.http_request(
+        "GET",
+        "/sites",
+        &[("Authorization", "Bearer lifecycle-token")],
+        None,
+    );
+    assert_eq!(a.code, 200, "GET /sites: {}", a.body);
+    let sites: serde_json::Value = serde_json::from_str(&a.body).expect("JSON from GET /sites");
+    sites
+        .as_array()
+        .or_else(|| sites["sites"].as_array())
+        .expect("a list of sites")
+        .iter()
+        .find(|s| s["site"] == site)
+        .and_then(|s| s["disabled"].as_bool())
+}
+
 #[test]
 fn disable_serves_the_maintenance_page_and_enable_brings_the_live_release_back() {
-    let node = Node::start();
+    let node = Node::start_with("[http]\nadmin_token = \"lifecycle-token\"\n");
     let app = App::new();
     for body in ["v1\n", "v2\n"] {
         app.set_plain("blog", 1, body);
@@ -46,6 +65,8 @@ fn disable_serves_the_maintenance_page_and_enable_brings_the_live_release_back()
         assert_maintenance(&node, host);
     }
     assert_eq!(node.body("other.localhost"), "other\n");
+    assert_eq!(api_disabled(&node, "blog.localhost"), Some(true));
+    assert_eq!(api_disabled(&node, "other.localhost"), Some(false));
     // Releases stay; disabling again says so.
     assert_eq!(node.releases("blog.localhost"), ["1", "2"]);
     node_cmd(&node, &["disable", "blog.localhost"])
@@ -66,6 +87,7 @@ fn disable_serves_the_maintenance_page_and_enable_brings_the_live_release_back()
         .success()
         .stdout_has("blog.localhost is enabled");
     assert_eq!(node.body("blog.localhost"), "v3\n");
+    assert_eq!(api_disabled(&node, "blog.localhost"), Some(false));
     assert_eq!(node.body("prev.blog.localhost"), "v2\n");
     node_cmd(&node, &["enable", "blog"])
         .success()
