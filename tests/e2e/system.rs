@@ -49,7 +49,15 @@ impl SystemApache {
         )
         .expect("ports.conf");
         // What provisioning does with a2enmod.
-        for m in ["wsgi.load", "wsgi.conf", "rewrite.load", "headers.load"] {
+        for m in [
+            "wsgi.load",
+            "wsgi.conf",
+            "rewrite.load",
+            "headers.load",
+            "proxy.load",
+            "proxy.conf",
+            "proxy_http.load",
+        ] {
             let link = confdir.join("mods-enabled").join(m);
             if !link.exists() && confdir.join("mods-available").join(m).exists() {
                 std::os::unix::fs::symlink(format!("../mods-available/{m}"), &link)
