@@ -57,7 +57,8 @@ where
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.insert(
-        HeaderName::from_bytes(mark.0.as_bytes()).context("the node's mark is not a header name")?,
+        HeaderName::from_bytes(mark.0.as_bytes())
+            .context("the node's mark is not a header name")?,
         HeaderValue::from_str(mark.1).context("the node's mark is not a header value")?,
     );
     parts
@@ -101,7 +102,10 @@ mod tests {
         h.insert(header::CONNECTION, HeaderValue::from_static("close, x-hop"));
         h.insert("x-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
         h.insert(header::HOST, HeaderValue::from_static("1.blog.localhost"));
         h.insert(header::COOKIE, HeaderValue::from_static("a=b"));
         strip_hop_by_hop(&mut h);

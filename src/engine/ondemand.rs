@@ -81,11 +81,9 @@ impl Engine {
     pub fn host_target(&self, host: &str) -> Option<(SiteName, ReleaseId)> {
         let name = host_name(host);
         let st = self.state();
-        st.sites.iter().find_map(|(site, s)| {
-            s.hosts(site)
-                .get(&name)
-                .map(|id| (site.clone(), *id))
-        })
+        st.sites
+            .iter()
+            .find_map(|(site, s)| s.hosts(site).get(&name).map(|id| (site.clone(), *id)))
     }
 
     /// Makes sure a slot holds the release `host` names, loading it if

@@ -159,8 +159,7 @@ impl SiteState {
             .collect();
         let mut gone = Vec::new();
         self.on_demand.retain(|o| {
-            let keep =
-                routed.contains(&o.placed.release) && !held.contains(&o.placed.release);
+            let keep = routed.contains(&o.placed.release) && !held.contains(&o.placed.release);
             if !keep {
                 gone.push(o.placed.slot);
             }
@@ -237,7 +236,12 @@ mod tests {
             next_release: 5,
             live: placed(4, 1),
             prev: placed(3, 0),
-            releases: vec![rec(1, Some(1)), rec(2, Some(2)), rec(3, None), rec(4, Some(3))],
+            releases: vec![
+                rec(1, Some(1)),
+                rec(2, Some(2)),
+                rec(3, None),
+                rec(4, Some(3)),
+            ],
             disabled: false,
             on_demand: Vec::new(),
         };
