@@ -226,3 +226,70 @@ fn attack_the_load_door_refuses_requests_without_the_nodes_secret() {
         .send();
     assert_eq!((live.code, live.body.as_str()), (200, "v3\n"));
 }
+
+/// An app of version `v` with a files directory, which refuses to start
+/// while the file `broken-v{v}` is in it.
+fn set_fragile_version(app: &App, v: u32) {
+    app.file(
+        "app.ini",
+        &format!(
+            "[production]\napp_name = blog\nversion = {v}\nrunner = main.py\nservice.files =\n"
+        ),
+    )
+    .file(
+        "main.py",
+        &format!(
+            "import os\n\
+             if os.path.exists(os.path.join(os.environ['CONFIG_FILES'], 'broken-v{v}')):\n    \
+                 raise RuntimeError('broken on purpose')\n\
+             def application(environ, start_response):\n    \
+                 start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+                 return [b'v{v}\\n']\n"
+        ),
+    );
+}
+
+#[test]
+fn a_release_loaded_on_demand_is_activated_warm_and_one_that_cannot_start_answers_503() {
+    let node = node();
+    let app = App::new();
+    for v in 1..=3 {
+        set_fragile_version(&app, v);
+        node.deploy("blog", &app).success();
+    }
+    assert_served(&node, "1.blog.localhost", "v1\n");
+
+    // Activating it uses the daemon that holds it: nothing is loaded again.
+    let mut cmd = node.command();
+    cmd.args(["node", "activate", "blog", "1", "--config"])
+        .arg(&node.config);
+    let act = crate::support::Run::from(
+        "toppcloud node activate blog 1".into(),
+        crate::support::run_with_timeout(cmd, std::time::Duration::from_secs(120)),
+    );
+    act.success()
+        .stdout_has("release 1 (loaded on demand, warm) becomes live")
+        .stdout_lacks("loading kept release");
+    assert_served(&node, "blog.localhost", "v1\n");
+    assert_served(&node, "prev.blog.localhost", "v3\n");
+    assert_served(&node, "1.blog.localhost", "v1\n");
+
+    // Release 2 is held by no daemon and cannot start any more: its host
+    // answers 503 with a reason, the node's log says why, and the other
+    // hosts are untouched.
+    assert_eq!(route(&node, "2.blog.localhost").as_deref(), Some("load"));
+    std::fs::write(node.data.join("sites/blog.localhost/files/broken-v2"), "").expect("write");
+    let a = node.get("2.blog.localhost", "/");
+    assert_eq!(a.code, 503, "{}", a.body);
+    assert!(
+        a.body
+            .contains("release 2 of blog.localhost could not be started"),
+        "{}",
+        a.body
+    );
+    assert!(!a.body.contains("broken on purpose"), "{}", a.body);
+    node.wait_logged("broken on purpose");
+    assert!(node.log().contains("cannot load release 2 on demand"));
+    assert_served(&node, "blog.localhost", "v1\n");
+    assert_served(&node, "3.blog.localhost", "v3\n");
+}
