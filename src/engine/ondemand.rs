@@ -216,11 +216,15 @@ impl Engine {
             .min_by_key(|(_, o)| o.loaded_at)?;
         let slot = oldest.placed.slot;
         let release = oldest.placed.release;
-        s.on_demand.remove(i);
+        let taken = s.on_demand.remove(i);
         if let Err(e) = apache::routes::write(&self.layout.routes_map(), &st.routes()) {
-            // The map still names the slot for a while: its daemon serves
-            // the release it holds until the next write, never another.
-            tracing::warn!(site = %site, "{e:#}");
+            // The map would still send its host to the slot: it must keep
+            // the release it holds, so nothing is evicted.
+            tracing::warn!(site = %site, "cannot evict release {release} from slot {slot}: {e:#}");
+            if let Some(s) = st.sites.get_mut(site) {
+                s.on_demand.push(taken);
+            }
+            return None;
         }
         st.pool.hold(slot);
         tracing::info!(site = %site, release = %release, "evicted release {release} (loaded on demand) from slot {slot}");
