@@ -30,6 +30,14 @@ impl Progress {
         )
     }
 
+    /// A sink nobody reads: its lines go to the node's log only.
+    pub fn silent() -> Progress {
+        Progress {
+            tx: None,
+            record: None,
+        }
+    }
+
     /// The same sink, whose lines also go into a deploy's record.
     pub fn recorded(&self, record: RecordSink) -> Progress {
         Progress {

@@ -3,6 +3,7 @@
 //! Apache (production), and the pool of warm daemon slots that releases are
 //! loaded into and switched between.
 
+pub mod forward;
 pub mod probe;
 pub mod routes;
 
@@ -91,12 +92,37 @@ impl From<Slot> for String {
 /// request reaches any app, so no app learns it.
 const CHECK_HEADER: &str = "X-Toppcloud-Check";
 
+/// The header Apache adds to a request it hands to the node because its
+/// host routes to `load` (a kept release no slot holds). Its value is the
+/// node's load secret, or that secret and `LOOP_SUFFIX` when the request
+/// already carried the secret (the node's own re-request came back: a
+/// loop). Any copy a client sends is removed first, and it never reaches
+/// an app.
+pub const LOAD_HEADER: &str = "X-Toppcloud-Load";
+const LOOP_SUFFIX: &str = "-again";
+
+/// What the load header of a request to the node says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoadMark {
+    /// From Apache: a host whose release must be loaded first.
+    Load,
+    /// From Apache, for a request the node itself sent after loading.
+    Loop,
+    /// Not from Apache: a guess, or a copy from elsewhere.
+    Forged,
+}
+
 pub struct Apache {
     cfg: ApacheConfig,
     layout: Layout,
     listen: Mutex<SocketAddr>,
     /// Written into the (root-only) Apache config at every start.
     check_token: String,
+    /// Marks the requests Apache hands to the node to load a release
+    /// (written into the same root-only config).
+    load_token: String,
+    /// The node's HTTP door, where Apache sends hosts that route to `load`.
+    load_door: Mutex<Option<SocketAddr>>,
     /// The account of each pool cell (None: the node's own user).
     accounts: Mutex<Vec<Option<Account>>>,
     /// What the node knows of each slot's daemons, from the OS alone.
@@ -132,6 +158,8 @@ impl Apache {
             layout,
             listen: Mutex::new(listen),
             check_token: hex::encode(rand::random::<[u8; 16]>()),
+            load_token: hex::encode(rand::random::<[u8; 16]>()),
+            load_door: Mutex::new(None),
             accounts: Mutex::new(Vec::new()),
             watch: Mutex::new(HashMap::new()),
         }
@@ -144,6 +172,38 @@ impl Apache {
 
     pub fn listen(&self) -> SocketAddr {
         *self.listen.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Tells Apache where the node's HTTP door listens, before `start`:
+    /// hosts routed to `load` are proxied there (on loopback when the door
+    /// listens on every address).
+    pub fn set_load_door(&self, door: SocketAddr) {
+        let door = if door.ip().is_unspecified() {
+            let lo: std::net::IpAddr = if door.is_ipv6() {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            } else {
+                Ipv4Addr::LOCALHOST.into()
+            };
+            SocketAddr::new(lo, door.port())
+        } else {
+            door
+        };
+        *self.load_door.lock().unwrap_or_else(|e| e.into_inner()) = Some(door);
+    }
+
+    /// Reads the load header of a request that reached the node; the
+    /// secret is compared in constant time.
+    pub fn load_mark(&self, value: &[u8]) -> LoadMark {
+        use subtle::ConstantTimeEq;
+        let load = self.load_token.as_bytes();
+        let again = format!("{}{LOOP_SUFFIX}", self.load_token);
+        if bool::from(value.ct_eq(load)) {
+            LoadMark::Load
+        } else if bool::from(value.ct_eq(again.as_bytes())) {
+            LoadMark::Loop
+        } else {
+            LoadMark::Forged
+        }
     }
 
     /// Where the node sends its own requests: loopback, whatever Apache binds.
@@ -207,11 +267,11 @@ impl Apache {
             );
         }
         if self.cfg.mode == ApacheMode::System {
-            for m in ["wsgi", "rewrite", "headers"] {
+            for m in ["wsgi", "rewrite", "headers", "proxy", "proxy_http"] {
                 let load = self.cfg.config_dir.join(format!("mods-enabled/{m}.load"));
                 if !load.exists() {
                     bail!(
-                        "Apache module {m} is not enabled in {}\nhint: a2enmod wsgi rewrite headers",
+                        "Apache module {m} is not enabled in {}\nhint: a2enmod wsgi rewrite headers proxy proxy_http",
                         self.cfg.config_dir.display()
                     );
                 }
@@ -254,8 +314,19 @@ impl Apache {
             ApacheMode::Private => format!("*:{}", self.listen().port()),
             ApacheMode::System => format!("*:{}", self.cfg.listen.port()),
         };
+        // Hosts of kept releases no slot holds go to the node, which loads
+        // them; without a door (an engine run without one) they wait.
+        let load_door = *self.load_door.lock().unwrap_or_else(|e| e.into_inner());
+        let load_rule = match load_door {
+            Some(door) => format!("\"http://{door}%{{REQUEST_URI}}\" [P,E=TC_LOAD:1,L]"),
+            None => "- [R=503,L]".to_string(),
+        };
         SITES_CONF
             .replace("{{DAEMONS}}", &daemons)
+            .replace("{{LOAD_RULE}}", &load_rule)
+            .replace("{{LOAD_HEADER}}", LOAD_HEADER)
+            .replace("{{LOAD_TOKEN}}", &self.load_token)
+            .replace("{{LOOP_SUFFIX}}", LOOP_SUFFIX)
             .replace("{{DATA_RE}}", &regex_escape(&data))
             .replace("{{DATA}}", &data)
             .replace("{{SHARE}}", &share)
@@ -509,6 +580,21 @@ impl Apache {
             format!("{SLOT_HEADER}: {slot}"),
         ];
         Ok(probe::get(self.probe_addr(), host, path, &extra, timeout).await?)
+    }
+
+    /// A client's request through Apache, once the node has loaded the
+    /// release its host names; marked with the load secret, so that if its
+    /// host still routes to `load`, Apache marks it a loop for the node.
+    pub async fn forward<B>(
+        &self,
+        req: hyper::Request<B>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>>
+    where
+        B: hyper::body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        forward::forward(self.probe_addr(), req, (LOAD_HEADER, &self.load_token)).await
     }
 
     fn watch<T>(&self, f: impl FnOnce(&mut HashMap<Slot, SlotWatch>) -> T) -> T {

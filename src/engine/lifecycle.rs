@@ -169,7 +169,8 @@ impl Engine {
             }
         }
         if let Some(s) = &removed {
-            for p in [&s.live, &s.prev].into_iter().flatten() {
+            let on_demand = s.on_demand.iter().map(|o| &o.placed);
+            for p in [&s.live, &s.prev].into_iter().flatten().chain(on_demand) {
                 if let Err(e) = self.apache.retire(p.slot).await {
                     tracing::warn!(site = %site, "retiring slot {}: {e:#}", p.slot);
                 }

@@ -17,6 +17,7 @@ pub mod build;
 pub mod checks;
 pub mod git;
 pub mod lifecycle;
+pub mod ondemand;
 pub mod pool;
 pub mod queue;
 pub mod release;
@@ -177,6 +178,8 @@ pub struct Engine {
     settings: settings::Settings,
     /// The PostgreSQL cluster sites' databases live on, once one asked.
     postgres: tokio::sync::Mutex<Option<services::postgres::Postgres>>,
+    /// Kept releases loaded on demand: what failed lately.
+    on_demand: ondemand::Loads,
 }
 
 struct NodeState {
@@ -313,6 +316,7 @@ impl Engine {
             pool_growth: tokio::sync::Mutex::new(()),
             deploys: Arc::new(Registry::new()),
             postgres: tokio::sync::Mutex::new(None),
+            on_demand: ondemand::Loads::default(),
             cfg,
         })
     }
@@ -849,27 +853,41 @@ impl Engine {
             return Ok(deployed);
         }
 
-        progress.say(format!(
-            "-----> {origin}: loading kept release {target} (deploy {deploy})"
-        ));
-        let account = self
-            .site_account(site, progress)
-            .await
-            .map_err(DeployError::Node)?;
-        // Its temporary directory went when it stopped serving.
-        let tmp_root = self.layout.site_dir(site).join("tmp");
-        create_dir(&tmp_root, 0o711, None)
-            .and_then(|()| {
-                create_dir(
-                    &tmp_root.join(target.to_string()),
-                    0o700,
-                    account.as_ref().map(|a| (a.uid, a.gid)),
-                )
-            })
-            .map_err(DeployError::Node)?;
-        let slot = self.claim_spare(site).map_err(DeployError::Node)?;
+        // Loaded on demand (its N.host was asked for): warm already.
+        let warm = self.take_on_demand(site, target);
+        let slot = match warm {
+            Some(slot) => {
+                progress.say(format!(
+                    "-----> {origin}: release {target} (loaded on demand, warm) becomes live (deploy {deploy})"
+                ));
+                slot
+            }
+            None => {
+                progress.say(format!(
+                    "-----> {origin}: loading kept release {target} (deploy {deploy})"
+                ));
+                let account = self
+                    .site_account(site, progress)
+                    .await
+                    .map_err(DeployError::Node)?;
+                // Its temporary directory went when it stopped serving.
+                let tmp_root = self.layout.site_dir(site).join("tmp");
+                create_dir(&tmp_root, 0o711, None)
+                    .and_then(|()| {
+                        create_dir(
+                            &tmp_root.join(target.to_string()),
+                            0o700,
+                            account.as_ref().map(|a| (a.uid, a.gid)),
+                        )
+                    })
+                    .map_err(DeployError::Node)?;
+                self.claim_spare(site).await.map_err(DeployError::Node)?
+            }
+        };
         let loaded = async {
-            self.load_into(slot, &dir, progress).await?;
+            if warm.is_none() {
+                self.load_into(slot, &dir, progress).await?;
+            }
             self.check(site, target, slot, &checks, progress)
                 .await
                 .map_err(DeployError::Check)
@@ -892,7 +910,8 @@ impl Engine {
         {
             tracing::warn!(site = %site, "retiring slot {old}: {e:#}");
         }
-        self.prune(site);
+        let freed = self.prune(site);
+        self.retire_all(site, freed).await;
         Ok(deployed)
     }
 
@@ -1124,7 +1143,7 @@ impl Engine {
         }
 
         // Load into a spare slot, warm, before any public host points at it.
-        let slot = self.claim_spare(site).map_err(DeployError::Node)?;
+        let slot = self.claim_spare(site).await.map_err(DeployError::Node)?;
         attempt.slot = Some(slot);
         self.load_into(slot, &dir, progress).await?;
 
@@ -1157,7 +1176,8 @@ impl Engine {
         {
             tracing::warn!(site = %site, "retiring slot {old}: {e:#}");
         }
-        self.prune(site);
+        let freed = self.prune(site);
+        self.retire_all(site, freed).await;
         drop(lease);
         self.collect_venvs(site);
         Ok(Deployed {
@@ -1433,15 +1453,27 @@ impl Engine {
     }
 
     /// An empty slot of the site's own cell: not live or previous, not
-    /// claimed. Of the cell's spares, the one retired longest ago: a deploy
-    /// right after another need not wait for the daemon that deploy retired
-    /// (Apache re-forks it only on its 1 s maintenance tick).
-    fn claim_spare(&self, site: &SiteName) -> Result<Slot> {
-        let mut st = self.state();
-        let in_use = st.live_slots();
-        st.pool
-            .claim(site, &in_use, |s| self.apache.retired_at(s))
-            .with_context(|| format!("internal error: the cell of {site} has no spare daemon"))
+    /// loaded on demand, not claimed. Of the cell's spares, the one retired
+    /// longest ago: a deploy right after another need not wait for the
+    /// daemon that deploy retired (Apache re-forks it only on its 1 s
+    /// maintenance tick). With no spare left, the slot loaded on demand
+    /// longest ago is evicted (its host is loaded again when asked for).
+    async fn claim_spare(&self, site: &SiteName) -> Result<Slot> {
+        let evicted = {
+            let mut st = self.state();
+            let in_use = st.held_slots();
+            if let Some(slot) = st.pool.claim(site, &in_use, |s| self.apache.retired_at(s)) {
+                return Ok(slot);
+            }
+            self.evict_on_demand(&mut st, site)
+        };
+        let slot = evicted
+            .with_context(|| format!("internal error: the cell of {site} has no spare daemon"))?;
+        if let Err(e) = self.apache.retire(slot).await {
+            self.state().pool.release(slot);
+            return Err(e.context(format!("cannot retire slot {slot}")));
+        }
+        Ok(slot)
     }
 
     /// Points a claimed slot at a release once its daemon is known empty;
@@ -1556,12 +1588,16 @@ impl Engine {
         Ok(retire)
     }
 
-    /// Deletes releases beyond `keep_releases` that no host routes to.
-    fn prune(&self, site: &SiteName) {
+    /// Deletes releases beyond `keep_releases` that are neither live nor
+    /// previous, and frees the slots of releases loaded on demand that no
+    /// host routes to any more (pruned, or a newer release of their
+    /// version): their hosts go from the map before their files go, and
+    /// the caller retires the slots returned.
+    fn prune(&self, site: &SiteName) -> Vec<Slot> {
         let keep = self.cfg.build.keep_releases.max(1);
         let mut st = self.state();
         let Some(s) = st.sites.get_mut(site) else {
-            return;
+            return Vec::new();
         };
         let routed: HashSet<ReleaseId> = [&s.live, &s.prev]
             .into_iter()
@@ -1569,11 +1605,16 @@ impl Engine {
             .map(|p| p.release)
             .collect();
         // Temporary directories live as long as their release serves.
+        let serving: HashSet<ReleaseId> = routed
+            .iter()
+            .copied()
+            .chain(s.on_demand.iter().map(|o| o.placed.release))
+            .collect();
         if let Ok(entries) = std::fs::read_dir(self.layout.site_dir(site).join("tmp")) {
             for e in entries.flatten() {
-                let serving = ReleaseId::parse(&e.file_name().to_string_lossy())
-                    .is_ok_and(|id| routed.contains(&id));
-                if !serving {
+                let serves = ReleaseId::parse(&e.file_name().to_string_lossy())
+                    .is_ok_and(|id| serving.contains(&id));
+                if !serves {
                     let _ = std::fs::remove_dir_all(e.path());
                 }
             }
@@ -1585,18 +1626,33 @@ impl Engine {
             .skip(keep)
             .filter(|id| !routed.contains(id))
             .collect();
-        if doomed.is_empty() {
-            return;
+        if !doomed.is_empty() {
+            let before = s.releases.clone();
+            s.releases.retain(|r| !doomed.contains(&r.id));
+            if let Err(e) = s.save(&self.layout.site_state(site)) {
+                tracing::warn!(site = %site, "cannot record pruning: {e:#}");
+                s.releases = before;
+                return Vec::new();
+            }
         }
-        s.releases.retain(|r| !doomed.contains(&r.id));
-        if let Err(e) = s.save(&self.layout.site_state(site)) {
-            tracing::warn!(site = %site, "cannot record pruning: {e:#}");
-            return;
+        let freed = s.drop_unrouted_on_demand(site);
+        if doomed.is_empty() && freed.is_empty() {
+            return freed;
+        }
+        // Pruned versions' hosts go, freed ones route to `load` again.
+        if let Err(e) = apache::routes::write(&self.layout.routes_map(), &st.routes()) {
+            tracing::warn!(site = %site, "cannot write the route map after pruning: {e:#}");
+        }
+        for slot in &freed {
+            if let Err(e) = self.apache.clear_pointer(*slot) {
+                tracing::warn!(site = %site, "{e:#}");
+            }
         }
         for id in doomed {
             tracing::info!(site = %site, release = %id, "pruning release");
             let _ = std::fs::remove_dir_all(self.layout.release_dir(site, id));
         }
+        freed
     }
 
     fn collect_venvs(&self, site: &SiteName) {

@@ -88,6 +88,12 @@ impl SlotPool {
         Some(slot)
     }
 
+    /// Claims a slot the caller already knows to be the site's (one it
+    /// took from a release loaded on demand).
+    pub fn hold(&mut self, slot: Slot) {
+        self.claimed.insert(slot);
+    }
+
     /// A claimed slot goes back (live now, or a spare again).
     pub fn release(&mut self, slot: Slot) {
         self.claimed.remove(&slot);

@@ -422,6 +422,7 @@ mod tests {
                 rec(3, Some("fedcba9876543210fedcba9876543210fedcba98")),
             ],
             disabled: false,
+            on_demand: Vec::new(),
         }
     }
 

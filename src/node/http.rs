@@ -1,7 +1,8 @@
 //! The node's HTTP server (axum): `GET /healthz`, push webhooks at
 //! `POST /hooks/{site}`, and the API (bearer token from `[http]
 //! admin_token`): `GET /sites`, `GET /sites/{site}`, `GET /deploys/{id}`,
-//! `POST /sites/{site}/deploy`. JSON in and out; every error is
+//! `POST /sites/{site}/deploy`, and Apache's requests for releases to
+//! load on demand (`load.rs`). JSON in and out; every error is
 //! `{"error": "..."}` with a status that says what kind it is.
 //!
 //! Handlers stay thin: webhook checks are `webhook`'s pure functions, and
@@ -145,6 +146,11 @@ pub fn router(api: Arc<Node>) -> Router {
         .route("/deploys/{id}", get(show_deploy))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
+        // Apache's requests for hosts to load, whatever their path.
+        .layer(axum::middleware::from_fn_with_state(
+            api.clone(),
+            crate::node::load::door,
+        ))
         .with_state(api)
 }
 
@@ -250,7 +256,7 @@ async fn read_body(
 }
 
 /// At most `ECHO` characters of something a request said.
-fn echo(s: &str) -> String {
+pub(crate) fn echo(s: &str) -> String {
     // No control characters: nothing from a request may forge a log line.
     s.chars()
         .take(ECHO)
@@ -594,10 +600,10 @@ async fn show_site(
         let versions: BTreeMap<String, Value> = st
             .versions()
             .into_iter()
-            .map(|(n, p)| {
+            .map(|(n, id)| {
                 (
                     n.to_string(),
-                    release_json(st, p.release, Some(api.engine.url(&site.version_host(n)))),
+                    release_json(st, id, Some(api.engine.url(&site.version_host(n)))),
                 )
             })
             .collect();

@@ -8,6 +8,7 @@ pub mod exec;
 pub mod http;
 pub mod keys;
 pub mod listen;
+pub mod load;
 pub mod push;
 pub mod ssh;
 pub mod upload;
@@ -77,6 +78,8 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {} ([http] listen)", cfg.http.listen))?;
     let http_addr = http_listener.local_addr()?;
+    // Apache hands the hosts of releases to load on demand to this door.
+    engine.apache().set_load_door(http_addr);
     let control_listener = control::bind(&layout.control_socket())?;
     let ssh_listener = tokio::net::TcpListener::bind(cfg.ssh.listen)
         .await

@@ -29,4 +29,5 @@ mod runners;
 mod status;
 mod system;
 mod update;
+mod versions;
 mod webhook;

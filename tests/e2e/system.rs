@@ -49,7 +49,15 @@ impl SystemApache {
         )
         .expect("ports.conf");
         // What provisioning does with a2enmod.
-        for m in ["wsgi.load", "wsgi.conf", "rewrite.load", "headers.load"] {
+        for m in [
+            "wsgi.load",
+            "wsgi.conf",
+            "rewrite.load",
+            "headers.load",
+            "proxy.load",
+            "proxy.conf",
+            "proxy_http.load",
+        ] {
             let link = confdir.join("mods-enabled").join(m);
             if !link.exists() && confdir.join("mods-available").join(m).exists() {
                 std::os::unix::fs::symlink(format!("../mods-available/{m}"), &link)
@@ -125,6 +133,15 @@ fn system_mode_serves_through_debians_apache() {
         .success();
     assert_eq!(node.body("blog.localhost"), "from system apache\n");
     assert_eq!(node.body("1.blog.localhost"), "from system apache\n");
+
+    // A kept release no daemon holds is loaded on its first request,
+    // through Debian's mod_proxy to the node and back.
+    node.deploy("blog", &App::plain("blog", 2, "two\n"))
+        .success();
+    node.deploy("blog", &App::plain("blog", 3, "three\n"))
+        .success();
+    assert_eq!(node.body("1.blog.localhost"), "from system apache\n");
+    assert_eq!(node.body("blog.localhost"), "three\n");
 }
 
 #[test]
