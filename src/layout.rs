@@ -73,6 +73,16 @@ impl Layout {
     pub fn site_home(&self, site: &SiteName) -> PathBuf {
         self.site_dir(site).join("home")
     }
+    /// The site's own logs: `error.log`, `access.log` and their previous
+    /// generations (`.1`).
+    pub fn site_logs(&self, site: &SiteName) -> PathBuf {
+        self.site_dir(site).join("logs")
+    }
+    /// Request lines of no site: hosts the node does not serve, disabled
+    /// sites' maintenance pages.
+    pub fn node_access_log(&self) -> PathBuf {
+        self.apache_dir().join("logs").join("access.log")
+    }
     /// Where the site's rsync uploads land before they are staged.
     pub fn uploads_dir(&self, site: &SiteName) -> PathBuf {
         self.site_dir(site).join("uploads")

@@ -16,6 +16,7 @@
 pub mod build;
 pub mod git;
 pub mod lifecycle;
+pub mod logs;
 pub mod pool;
 pub mod queue;
 pub mod release;
@@ -520,6 +521,7 @@ impl Engine {
             .flatten();
         create_dir(&self.layout.site_dir(site), 0o711, None)?;
         create_dir(&self.layout.releases_dir(site), 0o711, None)?;
+        logs::prepare(&self.layout.site_logs(site), account.as_ref().map(|a| a.gid))?;
         Ok(account)
     }
 
@@ -1700,7 +1702,7 @@ fn dirs_deepest_first(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn load_cells(layout: &Layout, domain: &Domain) -> Result<BTreeMap<usize, SiteName>> {
+pub(crate) fn load_cells(layout: &Layout, domain: &Domain) -> Result<BTreeMap<usize, SiteName>> {
     let path = layout.cells_file();
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,

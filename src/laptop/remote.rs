@@ -179,6 +179,27 @@ pub fn releases(site: &str, json: bool, node: &Node) -> Result<i32> {
     run(node, &report_words("releases", Some(site), json)?)
 }
 
+/// The remote words of `toppcloud logs`, checked here as the node would
+/// check them.
+pub fn logs_words(site: &str, follow: bool, lines: usize, access: bool) -> Result<Vec<String>> {
+    SiteName::check_shape(site).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut words = vec![
+        "logs".to_string(),
+        site.to_string(),
+        "-n".to_string(),
+        lines.to_string(),
+    ];
+    if follow {
+        words.push("-f".to_string());
+    }
+    if access {
+        words.push("--access".to_string());
+    }
+    exec::logs_words(&words[1..], &crate::names::Domain::localhost())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(words)
+}
+
 /// The remote words of a report command, the site's shape checked first.
 fn report_words(command: &str, site: Option<&str>, json: bool) -> Result<Vec<String>> {
     let mut words = vec![command.to_string()];
