@@ -322,7 +322,6 @@ struct Pipe {
     cell_size: usize,
     owners: HashMap<usize, SiteName>,
     cells_mtime: Option<SystemTime>,
-    cells_checked: Option<Instant>,
     open: HashMap<PathBuf, (File, u64, Instant)>,
 }
 
@@ -333,23 +332,17 @@ impl Pipe {
             cell_size,
             owners: HashMap::new(),
             cells_mtime: None,
-            cells_checked: None,
             open: HashMap::new(),
         }
     }
 
-    /// Reads `cells.toml` again when it changed (looked at once a second).
+    /// Reads `cells.toml` again if it changed since it was last read. A
+    /// cell's owner never changes in the node's life, so this is needed
+    /// only for a cell not seen yet (a site's first deploy).
     fn refresh_cells(&mut self) {
-        if self
-            .cells_checked
-            .is_some_and(|t| t.elapsed() < Duration::from_secs(1))
-        {
-            return;
-        }
-        self.cells_checked = Some(Instant::now());
         let path = self.layout.cells_file();
         let mtime = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
-        if mtime == self.cells_mtime && mtime.is_some() {
+        if mtime.is_some() && mtime == self.cells_mtime {
             return;
         }
         match super::load_cells(&self.layout, &crate::names::Domain::localhost()) {
@@ -363,15 +356,14 @@ impl Pipe {
 
     /// The file a line goes to.
     fn target(&mut self, slot: &str) -> PathBuf {
-        self.refresh_cells();
-        Slot::try_from(slot.to_string())
+        let cell = Slot::try_from(slot.to_string())
             .ok()
-            .and_then(|s| self.owners.get(&s.cell(self.cell_size)))
-            .map(|site| {
-                self.layout
-                    .site_logs(site)
-                    .join(Kind::Access.file_name())
-            })
+            .map(|s| s.cell(self.cell_size));
+        if cell.is_some_and(|c| !self.owners.contains_key(&c)) {
+            self.refresh_cells();
+        }
+        cell.and_then(|c| self.owners.get(&c))
+            .map(|site| self.layout.site_logs(site).join(Kind::Access.file_name()))
             .filter(|p| p.parent().is_some_and(Path::is_dir))
             .unwrap_or_else(|| self.layout.node_access_log())
     }

@@ -433,6 +433,9 @@ impl Connection {
             let streamed =
                 crate::engine::logs::stream(path, logs.lines, logs.follow, send, stop.clone())
                     .await;
+            if logs.follow {
+                tracing::info!(site = %logs.site, "logs -f of {} ended", logs.site);
+            }
             let code = match streamed {
                 Ok(()) => 0,
                 Err(e) => {
