@@ -10,6 +10,7 @@ import importlib.util
 import io
 import os
 import site
+import stat
 import sys
 import threading
 import time
@@ -114,6 +115,25 @@ def _open_log(site):
     sys.stderr = sys.stdout = _log
 
 
+def _close_log_pipes():
+    """Closes this daemon's copies of Apache's access-log pipe (the node's
+    log pipe names its inode in the share directory): with them, an app
+    could write request lines in another site's name or read every site's."""
+    try:
+        with open(os.path.join(_SHARE, "access-pipes")) as f:
+            inodes = {int(line) for line in f if line.strip().isdigit()}
+    except OSError:
+        return
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if stat.S_ISFIFO(st.st_mode) and st.st_ino in inodes:
+            os.close(fd)
+
+
 def _log_exception(what):
     text = traceback.format_exc()
     print("toppcloud: %s:\n%s" % (what, text.rstrip("\n")), file=sys.stderr)
@@ -170,6 +190,7 @@ def _load():
     os.environ["PATH"] = os.path.join(venv, "bin") + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
     os.environ.update(meta.get("env", {}))
     _open_log(meta["site"])
+    _close_log_pipes()
     os.chdir(app_dir)
     app = _runner.load_app(app_dir, meta["runner"])
     _release = "%s %s" % (meta["site"], meta["id"])

@@ -105,6 +105,12 @@ impl Layout {
     pub fn share_dir(&self) -> PathBuf {
         self.apache_dir().join("share")
     }
+    /// The inode numbers of the access-log pipes Apache gave its children,
+    /// written by the log pipe, read by the shim, which closes them before
+    /// any app code runs.
+    pub fn access_pipes(&self) -> PathBuf {
+        self.share_dir().join("access-pipes")
+    }
     pub fn routes_map(&self) -> PathBuf {
         self.apache_dir().join("routes.map")
     }

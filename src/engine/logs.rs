@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
@@ -295,6 +296,9 @@ impl Follower {
 /// the slot's cell (`cells.toml`, read again when it changes), or to the
 /// node's own access log. Runs until Apache closes the pipe.
 pub fn run_pipe(layout: &Layout, cell_size: usize, input: impl BufRead) -> Result<()> {
+    if let Err(e) = record_pipe(layout) {
+        eprintln!("toppcloud log-pipe: {e:#}");
+    }
     let mut pipe = Pipe::new(layout.clone(), cell_size.max(1));
     let mut input = input;
     let mut line = Vec::new();
@@ -315,6 +319,35 @@ pub fn run_pipe(layout: &Layout, cell_size: usize, input: impl BufRead) -> Resul
         }
         pipe.write(&line);
     }
+}
+
+/// Apache's children inherit both ends of the log pipe, and so would the
+/// apps in its mod_wsgi daemons: one could write lines in another site's
+/// name, or read the lines of every site. So the pipe tells the shim which
+/// pipe it is (its inode, in a file every daemon reads), and the shim
+/// closes those descriptors before it loads any app.
+fn record_pipe(layout: &Layout) -> Result<()> {
+    let stdin = std::io::stdin();
+    let meta = std::fs::File::from(
+        stdin
+            .as_fd()
+            .try_clone_to_owned()
+            .context("cannot look at stdin")?,
+    )
+    .metadata()?;
+    use std::os::unix::fs::FileTypeExt;
+    if !meta.file_type().is_fifo() {
+        return Ok(());
+    }
+    let path = layout.access_pipes();
+    let old = std::fs::read_to_string(&path).unwrap_or_default();
+    // The last few: a graceful restart starts a new pipe while the old
+    // generation's daemons finish.
+    let mut inodes: Vec<String> = old.lines().map(str::to_string).collect();
+    inodes.push(meta.ino().to_string());
+    let skip = inodes.len().saturating_sub(8);
+    let text: String = inodes[skip..].iter().map(|i| format!("{i}\n")).collect();
+    crate::atomic::write_mode(&path, text.as_bytes(), 0o644)
 }
 
 struct Pipe {

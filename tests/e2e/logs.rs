@@ -39,8 +39,51 @@ fn noisy_app() -> App {
     app
 }
 
+/// What site B's `forge` does: writes a request line in A's name (its
+/// slots are s000..) into every pipe it holds or can reach through the
+/// daemons of its own account, and reads what it can from them.
+const FORGE: &str = "import os, stat, fcntl\n\
+def pipes():\n    \
+    fds = []\n    \
+    for name in os.listdir('/proc/self/fd'):\n        \
+        try:\n            \
+            if stat.S_ISFIFO(os.fstat(int(name)).st_mode):\n                \
+                fds.append(int(name))\n        \
+        except OSError:\n            \
+            pass\n    \
+    uid = os.getuid()\n    \
+    for pid in os.listdir('/proc'):\n        \
+        if not pid.isdigit() or int(pid) == os.getpid():\n            \
+            continue\n        \
+        try:\n            \
+            if os.stat('/proc/' + pid).st_uid != uid:\n                \
+                continue\n            \
+            for name in os.listdir('/proc/%s/fd' % pid):\n                \
+                path = '/proc/%s/fd/%s' % (pid, name)\n                \
+                if os.readlink(path).startswith('pipe:'):\n                    \
+                    fds.append(os.open(path, os.O_RDWR | os.O_NONBLOCK))\n        \
+        except OSError:\n            \
+            pass\n    \
+    return fds\n\
+def forge():\n    \
+    done = []\n    \
+    for fd in pipes():\n        \
+        try:\n            \
+            flags = fcntl.fcntl(fd, fcntl.F_GETFL)\n            \
+            fcntl.fcntl(fd, fcntl.F_SETFL, flags | os.O_NONBLOCK)\n            \
+            if flags & os.O_ACCMODE != os.O_RDONLY:\n                \
+                os.write(fd, b's000 noisy.localhost 6.6.6.6 - - [x] \"GET /FORGED HTTP/1.1\" 200 1\\n')\n                \
+                done.append('wrote %d' % fd)\n            \
+            if flags & os.O_ACCMODE != os.O_WRONLY:\n                \
+                got = os.read(fd, 4096)\n                \
+                if b'GET /' in got:\n                    \
+                    done.append('read %r' % got[:80])\n        \
+        except OSError:\n            \
+            pass\n    \
+    return 'forge ' + ', '.join(done)\n";
+
 /// Site B: tries, as its own account, what the test asks of a path:
-/// `read`, `append` or `list`.
+/// `read`, `append` or `list`, or `forge` (see [`FORGE`]).
 fn quiet_app() -> App {
     let app = App::new();
     app.file(
@@ -49,7 +92,7 @@ fn quiet_app() -> App {
     )
     .file(
         "main.py",
-        "import os, urllib.parse\n\
+        &format!("{FORGE}import os, urllib.parse\n\
          def handle(qs):\n    \
          what = qs.get('what', [''])[0]\n    \
          arg = qs.get('arg', [''])[0]\n    \
@@ -63,13 +106,15 @@ fn quiet_app() -> App {
          return 'ALLOWED'\n        \
          if what == 'list':\n            \
          return 'ALLOWED ' + repr(os.listdir(arg))\n        \
+         if what == 'forge':\n            \
+         return forge()\n        \
          return 'quiet'\n    \
          except OSError as e:\n        \
          return 'denied %s' % e.__class__.__name__\n\
          def application(environ, start_response):\n    \
          out = handle(urllib.parse.parse_qs(environ.get('QUERY_STRING', '')))\n    \
          start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
-         return [out.encode()]\n",
+         return [out.encode()]\n"),
     );
     app
 }
@@ -241,4 +286,35 @@ fn a_site_can_neither_read_nor_write_another_sites_logs() {
     let text = std::fs::read_to_string(a.join("error.log")).expect("A's error log");
     assert!(text.contains("kaboom-A"), "{text}");
     assert!(!text.contains("planted"), "{text}");
+}
+
+#[test]
+fn a_site_can_neither_forge_nor_read_request_lines_through_apaches_log_pipe() {
+    if !is_root() {
+        eprintln!("skipped: needs root (a node run by a normal user runs every site as itself)");
+        return;
+    }
+    let node = Node::start();
+    node.deploy("noisy", &noisy_app()).success();
+    node.deploy("quiet", &quiet_app()).success();
+    // Requests of A for B to steal while it reads the pipes, then B's try.
+    for _ in 0..3 {
+        assert_eq!(node.get("noisy.localhost", "/secret-path").code, 200);
+    }
+    let forged = node.get("quiet.localhost", "/?what=forge");
+    assert!(!forged.body.contains("read "), "{}", forged.body);
+    // Lines through one pipe arrive in order: once a later request of A is
+    // in its log, a forged line written before it would be too.
+    assert_eq!(node.get("noisy.localhost", "/after-forge").code, 200);
+    let log = node.data.join("sites/noisy.localhost/logs/access.log");
+    let text = crate::support::wait_for(
+        "A's request after the forgery in its access log",
+        Duration::from_secs(30),
+        || {
+            let t = std::fs::read_to_string(&log).unwrap_or_default();
+            t.contains("/after-forge").then_some(t)
+        },
+    );
+    assert!(!text.contains("FORGED"), "{}\n{text}", forged.body);
+    assert_eq!(text.matches("/secret-path").count(), 3, "{text}");
 }
