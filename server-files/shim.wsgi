@@ -7,13 +7,11 @@
 # never asks this script what it holds: it tracks daemons through the OS, as
 # the app shares this interpreter and could make it answer anything.
 import importlib.util
-import io
 import os
 import site
 import stat
 import sys
 import threading
-import time
 import traceback
 import tomllib
 
@@ -45,64 +43,15 @@ _runner = _import_runner()
 LoadError = _runner.LoadError
 
 
-class _Stamped(io.TextIOBase):
-    """The site's error log as sys.stderr (and sys.stdout): every line
-    starts with the time and the daemon's pid, whoever writes it (print,
-    the logging module, tracebacks). Line buffered: nothing waits in a
-    buffer for a daemon that is killed."""
-
-    encoding = "utf-8"
-    errors = "backslashreplace"
-
-    def __init__(self, fd):
-        self._fd = fd
-        self._lock = threading.Lock()
-        self._at_start = True
-        self.buffer = io.FileIO(fd, "w", closefd=False)
-
-    def _prefix(self):
-        now = time.time()
-        return "[%s.%03d] [pid %d] " % (
-            time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)), int(now % 1 * 1000), os.getpid())
-
-    def write(self, s):
-        if not isinstance(s, str):
-            raise TypeError("write() argument must be str, not %s" % type(s).__name__)
-        with self._lock:
-            out = []
-            for piece in s.splitlines(keepends=True):
-                if self._at_start:
-                    out.append(self._prefix())
-                out.append(piece)
-                self._at_start = piece.endswith("\n")
-            data = "".join(out).encode("utf-8", "backslashreplace")
-            while data:
-                n = os.write(self._fd, data)
-                data = data[n:]
-        return len(s)
-
-    def fileno(self):
-        return self._fd
-
-    def writable(self):
-        return True
-
-    def isatty(self):
-        return False
-
-    def flush(self):
-        pass
-
-
-_log = None
-
-
 def _open_log(site):
-    """Points fd 2, sys.stderr and sys.stdout at the site's error log, so C
-    code and subprocesses write there too. The node made the file (root's,
-    writable by the site's group, in a directory the site cannot change);
-    a daemon that cannot open it keeps Apache's log."""
-    global _log
+    """Points fd 2 at the site's error log before any app code runs. Apache
+    gave the daemon its own error log as fd 2, and mod_wsgi writes there
+    what the app prints to sys.stderr, wsgi.errors and the logging module
+    (each line with the time and pid), the tracebacks of unhandled
+    exceptions and its own errors for the daemon; C code and subprocesses
+    write to fd 2 directly. The node made the file (root's, writable by the
+    site's group, in a directory the site cannot change); a daemon that
+    cannot open it keeps Apache's log."""
     path = os.path.join(_DATA, "sites", site, "logs", "error.log")
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -111,8 +60,6 @@ def _open_log(site):
         return
     os.dup2(fd, 2)
     os.close(fd)
-    _log = _Stamped(2)
-    sys.stderr = sys.stdout = _log
 
 
 def _close_log_pipes():
@@ -132,37 +79,6 @@ def _close_log_pipes():
             continue
         if stat.S_ISFIFO(st.st_mode) and st.st_ino in inodes:
             os.close(fd)
-
-
-def _log_exception(what):
-    text = traceback.format_exc()
-    print("toppcloud: %s:\n%s" % (what, text.rstrip("\n")), file=sys.stderr)
-    return text
-
-
-class _Logged:
-    """A response iterable whose failures land in the site's log."""
-
-    def __init__(self, result, environ):
-        self._result = result
-        self._environ = environ
-
-    def __iter__(self):
-        try:
-            for chunk in self._result:
-                yield chunk
-        except Exception:
-            _log_exception("exception in the response to %s" % _request_line(self._environ))
-            raise
-
-    def close(self):
-        close = getattr(self._result, "close", None)
-        if close is not None:
-            close()
-
-
-def _request_line(environ):
-    return "%s %s" % (environ.get("REQUEST_METHOD", "?"), environ.get("REQUEST_URI", "?"))
 
 
 def _load():
@@ -207,7 +123,8 @@ def application(environ, start_response):
             try:
                 app = _app or _load()
             except Exception:
-                text = _log_exception("slot %s failed to load" % _SLOT)
+                text = traceback.format_exc()
+                print("toppcloud: slot %s failed to load:\n%s" % (_SLOT, text), file=sys.stderr)
                 body = text.encode() if check else b"Internal Server Error\n"
                 start_response("500 Internal Server Error", [
                     ("Content-Type", "text/plain; charset=utf-8"), ("X-Slot-State", "failed")])
@@ -217,23 +134,12 @@ def application(environ, start_response):
                 ("Content-Type", "text/plain"), ("Retry-After", "1"),
                 ("X-Slot-State", "empty")])
             return [b"empty slot\n"]
-    if _log is not None:
-        # Frameworks log a request's errors to wsgi.errors (Flask does):
-        # the site's log, not Apache's.
-        environ["wsgi.errors"] = _log
-    if check:
-        # Checks confirm the expected release answers, not just any 200.
-        def start_checked(status, headers, exc_info=None):
-            headers = list(headers) + [("X-Toppcloud-Release", _release)]
-            return start_response(status, headers, exc_info)
-    else:
-        start_checked = start_response
-    try:
-        result = app(environ, start_checked)
-    except Exception:
-        _log_exception("exception in %s" % _request_line(environ))
-        raise
-    wrapper = environ.get("wsgi.file_wrapper")
-    if isinstance(result, (list, tuple)) or (isinstance(wrapper, type) and isinstance(result, wrapper)):
-        return result
-    return _Logged(result, environ)
+    if not check:
+        return app(environ, start_response)
+
+    # Checks confirm the expected release answers, not just any 200.
+    def start_checked(status, headers, exc_info=None):
+        headers = list(headers) + [("X-Toppcloud-Release", _release)]
+        return start_response(status, headers, exc_info)
+
+    return app(environ, start_checked)

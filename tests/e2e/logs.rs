@@ -170,7 +170,7 @@ fn logs_show_each_sites_own_errors_and_requests_and_follow_until_the_client_goes
         .stdout_has("noisy import line")
         .stdout_has("Traceback (most recent call last)")
         .stdout_has("ValueError: kaboom-A")
-        .stdout_has("exception in GET /boom")
+        .stdout_has("Exception occurred processing WSGI script")
         .stdout_has("logged-A");
     // Lines the app writes carry the time and the daemon's pid.
     let import = a
