@@ -415,7 +415,9 @@ enum NodeCommand {
         flags: NodeFlags,
     },
     /// A site's error log (or --access log) on the running node.
-    #[command(after_help = "Examples:\n  toppcloud node logs blog -f\n  toppcloud node logs blog --access -n 20 --dev")]
+    #[command(
+        after_help = "Examples:\n  toppcloud node logs blog -f\n  toppcloud node logs blog --access -n 20 --dev"
+    )]
     Logs {
         /// The site: a host name, or a bare name that gets the node's domain.
         site: String,

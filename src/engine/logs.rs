@@ -104,10 +104,8 @@ pub fn prepare(dir: &Path, group: Option<u32>) -> Result<()> {
                 .with_context(|| format!("cannot chown {}", path.display()))?;
         }
         use std::os::unix::fs::PermissionsExt;
-        f.set_permissions(std::fs::Permissions::from_mode(
-            kind.mode(group.is_some()),
-        ))
-        .with_context(|| format!("cannot chmod {}", path.display()))?;
+        f.set_permissions(std::fs::Permissions::from_mode(kind.mode(group.is_some())))
+            .with_context(|| format!("cannot chmod {}", path.display()))?;
     }
     Ok(())
 }
@@ -172,7 +170,6 @@ pub fn rotate_all(layout: &Layout, cap: u64) {
         tracing::warn!("rotating a log: {e:#}");
     }
 }
-
 
 /// At most this much of a file's end is read for a tail.
 const TAIL_WINDOW: u64 = 8 * 1024 * 1024;
@@ -426,8 +423,12 @@ impl Pipe {
             Some(_) => false,
         };
         if stale {
-                if let Some(dir) = path.parent().filter(|d| !d.exists()) {
+            if let Some(dir) = path.parent().filter(|d| !d.exists()) {
                 // Only the node's own log directory is made here.
+                if let Some(parent) = dir.parent() {
+                    std::fs::create_dir_all(parent)
+                        .with_context(|| format!("cannot create {}", parent.display()))?;
+                }
                 crate::dirs::create_dir(dir, 0o700, None)?;
             }
             let f = std::fs::OpenOptions::new()
@@ -443,10 +444,11 @@ impl Pipe {
             }
             self.open
                 .insert(path.to_path_buf(), (f, meta.ino(), Instant::now()));
-        } else if let Some(entry) = self.open.get_mut(path) {
-            if entry.2.elapsed() > Duration::from_secs(1) {
-                entry.2 = Instant::now();
-            }
+        } else if let Some(entry) = self.open.get_mut(path)
+            && entry.2.elapsed() > Duration::from_secs(1)
+        {
+            // Checked just now: the same file.
+            entry.2 = Instant::now();
         }
         let (f, ..) = self.open.get_mut(path).context("log file not open")?;
         f.write_all(bytes)
@@ -496,6 +498,21 @@ where
 }
 
 impl super::Engine {
+    /// Makes the log directories of the sites that have a cell (after an
+    /// upgrade, a site has none until its next deploy otherwise).
+    pub(super) fn prepare_logs(&self, accounts: &[Option<crate::accounts::Account>]) {
+        let owners = self.state().pool.owners().clone();
+        for (cell, site) in owners {
+            if !self.layout.site_dir(&site).is_dir() {
+                continue;
+            }
+            let group = accounts.get(cell).cloned().flatten().map(|a| a.gid);
+            if let Err(e) = prepare(&self.layout.site_logs(&site), group) {
+                tracing::warn!("{e:#}");
+            }
+        }
+    }
+
     /// The path of one of a site's logs, rotated first if it is over the
     /// cap; None for a site the node does not have.
     pub fn site_log(&self, site: &SiteName, kind: Kind) -> Option<PathBuf> {
@@ -526,10 +543,7 @@ mod tests {
         assert!(!rotate_if_over(&log, 100).unwrap());
         assert!(!previous(&log).exists());
         // A writer holding the file with O_APPEND goes on after rotation.
-        let mut writer = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .unwrap();
+        let mut writer = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         writer.write_all(&[b'x'; 200]).unwrap();
         writer.write_all(b"\n").unwrap();
         assert!(rotate_if_over(&log, 100).unwrap());
@@ -584,10 +598,7 @@ mod tests {
         std::fs::write(&log, "old\n").unwrap();
         let mut f = Follower::new(&log, 4);
         assert!(f.poll().unwrap().is_empty());
-        let mut w = std::fs::OpenOptions::new()
-            .append(true)
-            .open(&log)
-            .unwrap();
+        let mut w = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
         w.write_all(b"new 1\nnew ").unwrap();
         assert_eq!(f.poll().unwrap(), vec!["new 1"]);
         w.write_all(b"2\n").unwrap();

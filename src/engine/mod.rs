@@ -437,6 +437,7 @@ impl Engine {
             )
         };
         let accounts = self.ensure_accounts(cells).await?;
+        self.prepare_logs(&accounts);
         for slot in slots {
             if !live_slots.contains(&slot) {
                 self.apache.forget(slot)?;
@@ -521,7 +522,10 @@ impl Engine {
             .flatten();
         create_dir(&self.layout.site_dir(site), 0o711, None)?;
         create_dir(&self.layout.releases_dir(site), 0o711, None)?;
-        logs::prepare(&self.layout.site_logs(site), account.as_ref().map(|a| a.gid))?;
+        logs::prepare(
+            &self.layout.site_logs(site),
+            account.as_ref().map(|a| a.gid),
+        )?;
         Ok(account)
     }
 

@@ -258,6 +258,7 @@ async fn rotate_logs(layout: Layout) {
     loop {
         tick.tick().await;
         let layout = layout.clone();
-        let _ = tokio::task::spawn_blocking(move || logs::rotate_all(&layout, logs::MAX_BYTES)).await;
+        let _ =
+            tokio::task::spawn_blocking(move || logs::rotate_all(&layout, logs::MAX_BYTES)).await;
     }
 }

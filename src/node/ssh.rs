@@ -34,8 +34,8 @@ use crate::engine::{DeployRequest, SiteTurn};
 use crate::layout::Layout;
 use crate::names::SiteName;
 use crate::node::Node;
-use crate::node::exec::{Logs, Report};
 use crate::node::exec::{ConfigAction, Request};
+use crate::node::exec::{Logs, Report};
 use crate::node::keys::{self, Identity};
 use crate::node::listen::{self, Gate, Pass, Throttle};
 
@@ -440,7 +440,8 @@ impl Connection {
                 Ok(()) => 0,
                 Err(e) => {
                     tracing::warn!("logs: {e:#}");
-                    let line = "toppcloud: cannot read the log (the details are in the node's log)\n";
+                    let line =
+                        "toppcloud: cannot read the log (the details are in the node's log)\n";
                     let _ = w.make_writer_ext(Some(1)).write_all(line.as_bytes()).await;
                     1
                 }

@@ -92,7 +92,8 @@ fn quiet_app() -> App {
     )
     .file(
         "main.py",
-        &format!("{FORGE}import os, urllib.parse\n\
+        &format!(
+            "{FORGE}import os, urllib.parse\n\
          def handle(qs):\n    \
          what = qs.get('what', [''])[0]\n    \
          arg = qs.get('arg', [''])[0]\n    \
@@ -114,7 +115,8 @@ fn quiet_app() -> App {
          def application(environ, start_response):\n    \
          out = handle(urllib.parse.parse_qs(environ.get('QUERY_STRING', '')))\n    \
          start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
-         return [out.encode()]\n"),
+         return [out.encode()]\n"
+        ),
     );
     app
 }
@@ -194,7 +196,9 @@ fn logs_show_each_sites_own_errors_and_requests_and_follow_until_the_client_goes
         .stdout_has("GET /a-only")
         .stdout_lacks("/b-only");
     let b = laptop.toppcloud(&["logs", "quiet", "--access"]);
-    b.success().stdout_has("GET /b-only").stdout_lacks("/a-only");
+    b.success()
+        .stdout_has("GET /b-only")
+        .stdout_lacks("/a-only");
 
     // -n: that many lines from the end.
     let one = laptop.toppcloud(&["logs", "noisy", "-n", "1", "--access"]);
