@@ -24,6 +24,7 @@ fn noisy_app() -> App {
         "main.py",
         "import logging, sys, urllib.parse\n\
          print('noisy import line', file=sys.stderr)\n\
+         print('noisy stdout line')\n\
          def application(environ, start_response):\n    \
          path = environ.get('PATH_INFO', '')\n    \
          qs = urllib.parse.parse_qs(environ.get('QUERY_STRING', ''))\n    \
@@ -170,6 +171,7 @@ fn logs_show_each_sites_own_errors_and_requests_and_follow_until_the_client_goes
     let a = laptop.toppcloud(&["logs", "noisy"]);
     a.success()
         .stdout_has("noisy import line")
+        .stdout_has("noisy stdout line")
         .stdout_has("Traceback (most recent call last)")
         .stdout_has("ValueError: kaboom-A")
         .stdout_has("Exception occurred processing WSGI script")
