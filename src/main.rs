@@ -460,6 +460,23 @@ fn main() -> ExitCode {
             };
         }
     };
+    // What Apache pipes its access lines into lives as long as Apache:
+    // one thread, no runtime.
+    if let Command::Node(NodeCommand::LogPipe {
+        data_dir,
+        cell_size,
+    }) = &cli.command
+    {
+        let layout = Layout::new(data_dir.clone());
+        return match toppcloud::engine::logs::run_pipe(&layout, *cell_size, std::io::stdin().lock())
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("toppcloud log-pipe: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TOPPCLOUD_LOG")
@@ -635,15 +652,8 @@ async fn run(cli: Cli) -> Result<()> {
             ask_node(&flags, &req).await?;
             Ok(())
         }
-        Command::Node(NodeCommand::LogPipe {
-            data_dir,
-            cell_size,
-        }) => {
-            let layout = Layout::new(data_dir);
-            tokio::task::spawn_blocking(move || {
-                toppcloud::engine::logs::run_pipe(&layout, cell_size, std::io::stdin().lock())
-            })
-            .await?
+        Command::Node(NodeCommand::LogPipe { .. }) => {
+            anyhow::bail!("internal error: the log pipe runs before the runtime starts")
         }
         Command::Node(NodeCommand::Keys(cmd)) => keys(cmd),
         Command::Hook(HookCommand::PreReceive) => hook_pre_receive().await,
