@@ -269,6 +269,23 @@ mod tests {
     }
 
     #[test]
+    fn logs_words_are_checked_and_read_back_by_the_node() {
+        let d = crate::names::Domain::localhost();
+        let w = logs_words("blog", true, 20, true).unwrap();
+        assert_eq!(w, ["logs", "blog", "-n", "20", "-f", "--access"]);
+        let line: Vec<String> = w
+            .iter()
+            .map(|x| shell_words::quote(x).into_owned())
+            .collect();
+        let logs = exec::parse_logs(&line.join(" "), &d).unwrap().unwrap();
+        assert_eq!(logs.site.as_str(), "blog.localhost");
+        assert_eq!((logs.lines, logs.follow, logs.access), (20, true, true));
+        let e = logs_words("blog", false, 20_000, false).unwrap_err();
+        assert!(e.to_string().contains("at most 10000"), "{e}");
+        assert!(logs_words("../etc", false, 5, false).is_err());
+    }
+
+    #[test]
     fn release_words_are_checked_and_read_back_by_the_node() {
         let d = crate::names::Domain::localhost();
         let w = release_words("blog.example.com", None).unwrap();
