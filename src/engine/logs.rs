@@ -52,7 +52,8 @@ impl Kind {
         }
     }
 
-    /// Who besides root may write: the site's daemons write their errors.
+    /// The file's mode: with a site group (`shared`), the site reads both
+    /// and writes its error log (its daemons append to it).
     fn mode(self, shared: bool) -> u32 {
         match (self, shared) {
             (_, false) => 0o600,
@@ -69,7 +70,9 @@ pub fn previous(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// Opens an existing log file without following a symlink.
+/// Opens an existing log file without following a symlink (and without
+/// blocking, should anything but a regular file be there: the callers
+/// check what they opened).
 fn open_nofollow(path: &Path, write: bool) -> std::io::Result<File> {
     std::fs::OpenOptions::new()
         .read(true)

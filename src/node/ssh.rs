@@ -765,7 +765,9 @@ impl GitJob {
                 return Err(e);
             }
         };
-        let _cleanup = RemoveOnDrop(area.path.clone());
+        // Removed before the exit status goes out, so a client that has
+        // its answer finds no upload area left.
+        let cleanup = RemoveOnDrop(area.path.clone());
         // The receiver runs as the site's account, into the site's area:
         // whatever it is told, it can write nowhere else.
         let mut cmd = tokio::process::Command::new("rsync");
@@ -779,6 +781,7 @@ impl GitJob {
         }
         let (code, w) = pump(cmd, channel, self.cancel.clone()).await?;
         if code != 0 {
+            drop(cleanup);
             finish(&w, code, &self.cancel).await;
             return Ok(());
         }
@@ -801,6 +804,7 @@ impl GitJob {
             .engine
             .deploy_in_turn(&turn, req, &progress)
             .await;
+        drop(cleanup);
         self.finish_deploy(&w, deployed, progress, forward).await;
         Ok(())
     }
