@@ -9,6 +9,7 @@
 import importlib.util
 import os
 import site
+import stat
 import sys
 import threading
 import traceback
@@ -42,6 +43,44 @@ _runner = _import_runner()
 LoadError = _runner.LoadError
 
 
+def _open_log(site):
+    """Points fd 2 at the site's error log before any app code runs. Apache
+    gave the daemon its own error log as fd 2, and mod_wsgi writes there
+    what the app prints to sys.stderr, wsgi.errors and the logging module
+    (each line with the time and pid), the tracebacks of unhandled
+    exceptions and its own errors for the daemon; C code and subprocesses
+    write to fd 2 directly. The node made the file (root's, writable by the
+    site's group, in a directory the site cannot change); a daemon that
+    cannot open it keeps Apache's log."""
+    path = os.path.join(_DATA, "sites", site, "logs", "error.log")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        print("toppcloud: slot %s cannot open %s: %s" % (_SLOT, path, e), file=sys.stderr)
+        return
+    os.dup2(fd, 2)
+    os.close(fd)
+
+
+def _close_log_pipes():
+    """Closes this daemon's copies of Apache's access-log pipe (the node's
+    log pipe names its inode in the share directory): with them, an app
+    could write request lines in another site's name or read every site's."""
+    try:
+        with open(os.path.join(_SHARE, "access-pipes")) as f:
+            inodes = {int(line) for line in f if line.strip().isdigit()}
+    except OSError:
+        return
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue
+        if stat.S_ISFIFO(st.st_mode) and st.st_ino in inodes:
+            os.close(fd)
+
+
 def _load():
     """Becomes the release the pointer names, or returns None while unset."""
     global _app, _release
@@ -66,6 +105,8 @@ def _load():
     os.environ["VIRTUAL_ENV"] = venv
     os.environ["PATH"] = os.path.join(venv, "bin") + os.pathsep + os.environ.get("PATH", "/usr/bin:/bin")
     os.environ.update(meta.get("env", {}))
+    _open_log(meta["site"])
+    _close_log_pipes()
     os.chdir(app_dir)
     app = _runner.load_app(app_dir, meta["runner"])
     _release = "%s %s" % (meta["site"], meta["id"])

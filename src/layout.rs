@@ -73,6 +73,16 @@ impl Layout {
     pub fn site_home(&self, site: &SiteName) -> PathBuf {
         self.site_dir(site).join("home")
     }
+    /// The site's own logs: `error.log`, `access.log` and their previous
+    /// generations (`.1`).
+    pub fn site_logs(&self, site: &SiteName) -> PathBuf {
+        self.site_dir(site).join("logs")
+    }
+    /// Request lines of no site: hosts the node does not serve, disabled
+    /// sites' maintenance pages.
+    pub fn node_access_log(&self) -> PathBuf {
+        self.apache_dir().join("logs").join("access.log")
+    }
     /// Where the site's rsync uploads land before they are staged.
     pub fn uploads_dir(&self, site: &SiteName) -> PathBuf {
         self.site_dir(site).join("uploads")
@@ -94,6 +104,12 @@ impl Layout {
     /// Shim, error pages: files Apache reads, copied from the binary.
     pub fn share_dir(&self) -> PathBuf {
         self.apache_dir().join("share")
+    }
+    /// The inode numbers of the access-log pipes Apache gave its children,
+    /// written by the log pipe, read by the shim, which closes them before
+    /// any app code runs.
+    pub fn access_pipes(&self) -> PathBuf {
+        self.share_dir().join("access-pipes")
     }
     pub fn routes_map(&self) -> PathBuf {
         self.apache_dir().join("routes.map")

@@ -198,6 +198,28 @@ enum Command {
         #[arg(long, env = "TOPPCLOUD_NODE")]
         node: Option<String>,
     },
+    /// A site's app errors (its stderr and tracebacks), or its access log.
+    #[command(after_help = "Examples:\n  \
+        toppcloud logs blog.example.com            # the last 100 lines of its error log\n  \
+        toppcloud logs blog.example.com -f         # and what comes after, until Ctrl-C\n  \
+        toppcloud logs blog.example.com --access -n 20\n\n\
+        Through the node's SSH door, with the key's site rights.")]
+    Logs {
+        /// The site: a host name, or a bare name that gets the node's domain.
+        site: String,
+        /// Keep printing lines as they are written, until Ctrl-C.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many lines from the end (at most 10000).
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+        /// The access log (one line a request) instead of the error log.
+        #[arg(long)]
+        access: bool,
+        /// A configured node's name or an ssh:// URL; default: the default node.
+        #[arg(long, env = "TOPPCLOUD_NODE")]
+        node: Option<String>,
+    },
     /// Record a node and make it the default for update, config, rollback,
     /// activate and remote.
     #[command(after_help = "Example:\n  toppcloud default-node ssh://toppcloud@127.0.0.1:2222")]
@@ -392,6 +414,35 @@ enum NodeCommand {
         #[command(flatten)]
         flags: NodeFlags,
     },
+    /// A site's error log (or --access log) on the running node.
+    #[command(
+        after_help = "Examples:\n  toppcloud node logs blog -f\n  toppcloud node logs blog --access -n 20 --dev"
+    )]
+    Logs {
+        /// The site: a host name, or a bare name that gets the node's domain.
+        site: String,
+        /// Keep printing lines as they are written, until Ctrl-C.
+        #[arg(short, long)]
+        follow: bool,
+        /// How many lines from the end (at most 10000).
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: usize,
+        /// The access log instead of the error log.
+        #[arg(long)]
+        access: bool,
+        #[command(flatten)]
+        flags: NodeFlags,
+    },
+    /// What Apache's access log pipes into: splits lines per site.
+    #[command(hide = true)]
+    LogPipe {
+        /// The node's data directory.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Daemons per cell of the pool.
+        #[arg(long)]
+        cell_size: usize,
+    },
     /// Manage the SSH keys that may push to this node (no restart needed).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -409,6 +460,23 @@ fn main() -> ExitCode {
             };
         }
     };
+    // What Apache pipes its access lines into lives as long as Apache:
+    // one thread, no runtime.
+    if let Command::Node(NodeCommand::LogPipe {
+        data_dir,
+        cell_size,
+    }) = &cli.command
+    {
+        let layout = Layout::new(data_dir.clone());
+        return match toppcloud::engine::logs::run_pipe(&layout, *cell_size, std::io::stdin().lock())
+        {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("toppcloud log-pipe: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TOPPCLOUD_LOG")
@@ -568,6 +636,25 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{done}");
             Ok(())
         }
+        Command::Node(NodeCommand::Logs {
+            site,
+            follow,
+            lines,
+            access,
+            flags,
+        }) => {
+            let req = control::Request::Logs {
+                site,
+                lines,
+                follow,
+                access,
+            };
+            ask_node(&flags, &req).await?;
+            Ok(())
+        }
+        Command::Node(NodeCommand::LogPipe { .. }) => {
+            anyhow::bail!("internal error: the log pipe runs before the runtime starts")
+        }
         Command::Node(NodeCommand::Keys(cmd)) => keys(cmd),
         Command::Hook(HookCommand::PreReceive) => hook_pre_receive().await,
         Command::Update {
@@ -621,6 +708,17 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Releases { site, json, node } => {
             let node = laptop_node(node.as_deref())?;
             exit_with(remote::releases(&site, json, &node)?)
+        }
+        Command::Logs {
+            site,
+            follow,
+            lines,
+            access,
+            node,
+        } => {
+            let words = remote::logs_words(&site, follow, lines, access)?;
+            let node = laptop_node(node.as_deref())?;
+            exit_with(remote::run(&node, &words)?)
         }
         Command::DefaultNode { node, name } => {
             let chosen = client::set_default(&node, name.as_deref())?;

@@ -57,6 +57,10 @@ pub fn check_exec_line(line: &str) {
     if let Some(Ok(exec::Report::Releases { site, .. })) = exec::parse_report(line, &domain()) {
         check_site(&site);
     }
+    if let Some(Ok(logs)) = exec::parse_logs(line, &domain()) {
+        check_site(&logs.site);
+        assert!(logs.lines <= exec::MAX_LOG_LINES, "{line:?}");
+    }
     match exec::parse(line, &domain()) {
         Ok(Request::Receive(site)) | Ok(Request::Fetch(site)) => {
             check_site(&site);

@@ -335,9 +335,36 @@ impl Apache {
                 &self.layout.routes_map().display().to_string(),
             )
             .replace("{{VHOST}}", &vhost)
+            .replace("{{ACCESS_LOG}}", &self.access_log_directive())
             .replace("{{CHECK_HEADER}}", CHECK_HEADER)
             .replace("{{SLOT_HEADER}}", SLOT_HEADER)
             .replace("{{CHECK_TOKEN}}", &self.check_token)
+    }
+
+    /// The `CustomLog` that pipes every request line, its slot first, into
+    /// `toppcloud node log-pipe` (`||`: no shell). None (a comment) when a
+    /// path would need quoting Apache cannot do.
+    fn access_log_directive(&self) -> String {
+        let exe = match std::env::current_exe() {
+            Ok(e) => e.display().to_string(),
+            Err(e) => {
+                tracing::warn!("no per-site access logs: cannot find the toppcloud binary: {e}");
+                return "  # no access log: the toppcloud binary was not found".to_string();
+            }
+        };
+        let data = self.layout.root().display().to_string();
+        let plain = |s: &str| !s.chars().any(|c| c.is_whitespace() || "\"\\%".contains(c));
+        if !plain(&exe) || !plain(&data) {
+            tracing::warn!(
+                "no per-site access logs: {exe} or {data} has a space, quote or % in its path"
+            );
+            return "  # no access log: the binary's or data dir's path needs quoting".to_string();
+        }
+        format!(
+            "  CustomLog \"||{exe} node log-pipe --data-dir {data} --cell-size {size}\" \
+             \"%<{{TC_SLOT}}e %{{Host}}i %h %l %u %t \\\"%r\\\" %>s %b \\\"%{{Referer}}i\\\" \\\"%{{User-Agent}}i\\\"\"",
+            size = self.cfg.cell_size
+        )
     }
 
     fn render_httpd(&self) -> String {

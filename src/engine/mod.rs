@@ -17,6 +17,7 @@ pub mod build;
 pub mod checks;
 pub mod git;
 pub mod lifecycle;
+pub mod logs;
 pub mod ondemand;
 pub mod pool;
 pub mod queue;
@@ -442,6 +443,7 @@ impl Engine {
             )
         };
         let accounts = self.ensure_accounts(cells).await?;
+        self.prepare_logs(&accounts);
         for slot in slots {
             if !live_slots.contains(&slot) {
                 self.apache.forget(slot)?;
@@ -526,6 +528,10 @@ impl Engine {
             .flatten();
         create_dir(&self.layout.site_dir(site), 0o711, None)?;
         create_dir(&self.layout.releases_dir(site), 0o711, None)?;
+        logs::prepare(
+            &self.layout.site_logs(site),
+            account.as_ref().map(|a| a.gid),
+        )?;
         Ok(account)
     }
 
@@ -1759,7 +1765,7 @@ fn dirs_deepest_first(root: &Path) -> Vec<PathBuf> {
     out
 }
 
-fn load_cells(layout: &Layout, domain: &Domain) -> Result<BTreeMap<usize, SiteName>> {
+pub(crate) fn load_cells(layout: &Layout, domain: &Domain) -> Result<BTreeMap<usize, SiteName>> {
     let path = layout.cells_file();
     let text = match std::fs::read_to_string(&path) {
         Ok(t) => t,

@@ -179,6 +179,27 @@ pub fn releases(site: &str, json: bool, node: &Node) -> Result<i32> {
     run(node, &report_words("releases", Some(site), json)?)
 }
 
+/// The remote words of `toppcloud logs`, checked here as the node would
+/// check them.
+pub fn logs_words(site: &str, follow: bool, lines: usize, access: bool) -> Result<Vec<String>> {
+    SiteName::check_shape(site).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut words = vec![
+        "logs".to_string(),
+        site.to_string(),
+        "-n".to_string(),
+        lines.to_string(),
+    ];
+    if follow {
+        words.push("-f".to_string());
+    }
+    if access {
+        words.push("--access".to_string());
+    }
+    exec::logs_words(&words[1..], &crate::names::Domain::localhost())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    Ok(words)
+}
+
 /// The remote words of a report command, the site's shape checked first.
 fn report_words(command: &str, site: Option<&str>, json: bool) -> Result<Vec<String>> {
     let mut words = vec![command.to_string()];
@@ -245,6 +266,23 @@ mod tests {
             } => assert_eq!(pairs[0].1, "hello world"),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn logs_words_are_checked_and_read_back_by_the_node() {
+        let d = crate::names::Domain::localhost();
+        let w = logs_words("blog", true, 20, true).unwrap();
+        assert_eq!(w, ["logs", "blog", "-n", "20", "-f", "--access"]);
+        let line: Vec<String> = w
+            .iter()
+            .map(|x| shell_words::quote(x).into_owned())
+            .collect();
+        let logs = exec::parse_logs(&line.join(" "), &d).unwrap().unwrap();
+        assert_eq!(logs.site.as_str(), "blog.localhost");
+        assert_eq!((logs.lines, logs.follow, logs.access), (20, true, true));
+        let e = logs_words("blog", false, 20_000, false).unwrap_err();
+        assert!(e.to_string().contains("at most 10000"), "{e}");
+        assert!(logs_words("../etc", false, 5, false).is_err());
     }
 
     #[test]

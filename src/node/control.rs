@@ -72,12 +72,27 @@ pub enum Request {
         #[serde(default)]
         json: bool,
     },
+    /// `toppcloud node logs SITE [-f] [-n N] [--access]`: the lines as
+    /// progress events; a follow goes on until the client closes the socket.
+    Logs {
+        site: String,
+        #[serde(default = "default_log_lines")]
+        lines: usize,
+        #[serde(default)]
+        follow: bool,
+        #[serde(default)]
+        access: bool,
+    },
     /// From the pre-receive hook of a push the SSH server started.
     PreReceive {
         token: String,
         updates: Vec<RefUpdate>,
         quarantine: Option<PathBuf>,
     },
+}
+
+fn default_log_lines() -> usize {
+    crate::node::exec::DEFAULT_LOG_LINES
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -276,6 +291,74 @@ async fn handle(stream: UnixStream, state: Arc<Node>) -> Result<()> {
                 },
             };
             send(&mut w, &done).await?;
+        }
+        Request::Logs {
+            site,
+            lines: n,
+            follow,
+            access,
+        } => {
+            let mut words = vec![site, "-n".to_string(), n.to_string()];
+            if follow {
+                words.push("-f".to_string());
+            }
+            if access {
+                words.push("--access".to_string());
+            }
+            let parsed = crate::node::exec::logs_words(&words, engine.domain());
+            let logs = match parsed {
+                Ok(l) => l,
+                Err(message) => {
+                    send(&mut w, &Event::Done { ok: false, message }).await?;
+                    return Ok(());
+                }
+            };
+            let kind = if logs.access {
+                crate::engine::logs::Kind::Access
+            } else {
+                crate::engine::logs::Kind::Error
+            };
+            let Some(path) = engine.site_log(&logs.site, kind) else {
+                let message = format!("site {} not found", logs.site);
+                send(&mut w, &Event::Done { ok: false, message }).await?;
+                return Ok(());
+            };
+            // The client closing its end stops a follow.
+            let stop = tokio_util::sync::CancellationToken::new();
+            let watch = {
+                let stop = stop.clone();
+                tokio::spawn(async move {
+                    while let Ok(Some(_)) = lines.next_line().await {}
+                    stop.cancel();
+                })
+            };
+            let out = tokio::sync::Mutex::new(w);
+            let relay = |lines: Vec<String>| {
+                let out = &out;
+                async move {
+                    let mut w = out.lock().await;
+                    for line in lines {
+                        if send(&mut w, &Event::Progress { line }).await.is_err() {
+                            return false;
+                        }
+                    }
+                    true
+                }
+            };
+            let streamed =
+                crate::engine::logs::stream(path, logs.lines, logs.follow, relay, stop).await;
+            watch.abort();
+            let done = match streamed {
+                Ok(()) => Event::Done {
+                    ok: true,
+                    message: String::new(),
+                },
+                Err(e) => Event::Done {
+                    ok: false,
+                    message: format!("cannot read the log: {e:#}"),
+                },
+            };
+            let _ = send(&mut *out.lock().await, &done).await;
         }
         Request::PreReceive {
             token,

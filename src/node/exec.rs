@@ -182,7 +182,7 @@ pub fn parse(line: &str, domain: &Domain) -> Result<Request, String> {
 fn refusal_of(line: &str) -> String {
     let shown: String = line.chars().take(60).collect();
     format!(
-        "{shown:?} is not something this node runs; it accepts git push, git fetch, toppcloud update, toppcloud config, status, releases, rollback, activate, disable, enable and destroy"
+        "{shown:?} is not something this node runs; it accepts git push, git fetch, toppcloud update, toppcloud config, status, releases, logs, rollback, activate, disable, enable and destroy"
     )
 }
 
@@ -240,6 +240,85 @@ pub fn parse_report(line: &str, domain: &Domain) -> Option<Result<Report, String
         "status" | "releases" => Some(report_words(command, rest, domain)),
         _ => None,
     }
+}
+
+/// `logs SITE [-f] [-n LINES] [--access]`: the last lines of one of a
+/// site's logs, and with `-f` what is appended after, until the client
+/// goes away.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Logs {
+    pub site: SiteName,
+    /// How many lines from the end.
+    pub lines: usize,
+    pub follow: bool,
+    /// The access log instead of the error log.
+    pub access: bool,
+}
+
+/// How the logs command is written, for the messages that refuse one.
+pub const LOGS_USAGE: &str = "logs SITE [-f] [-n LINES] [--access]";
+
+/// Lines shown when `-n` is not given, and the most `-n` may ask for.
+pub const DEFAULT_LOG_LINES: usize = 100;
+pub const MAX_LOG_LINES: usize = 10_000;
+
+/// The words after `logs`: the site and the options, in any order
+/// (`-n 50`, `-n50`, `--lines 50`, `--lines=50`, `-f`, `--follow`,
+/// `--access`).
+pub fn logs_words(words: &[String], domain: &Domain) -> Result<Logs, String> {
+    let (mut follow, mut access, mut lines, mut names) =
+        (false, false, DEFAULT_LOG_LINES, Vec::new());
+    let count = |w: &str| -> Result<usize, String> {
+        match w.parse::<usize>() {
+            Ok(n) if n <= MAX_LOG_LINES => Ok(n),
+            Ok(_) => Err(format!(
+                "logs: -n takes at most {MAX_LOG_LINES} lines; usage: {LOGS_USAGE}"
+            )),
+            Err(_) => Err(format!(
+                "logs: -n takes a number of lines, not {:?}; usage: {LOGS_USAGE}",
+                w.chars().take(40).collect::<String>()
+            )),
+        }
+    };
+    let mut it = words.iter();
+    while let Some(w) = it.next() {
+        match w.as_str() {
+            "-f" | "--follow" => follow = true,
+            "--access" => access = true,
+            "-n" | "--lines" => {
+                let Some(n) = it.next() else {
+                    return Err(format!("logs: -n needs a number; usage: {LOGS_USAGE}"));
+                };
+                lines = count(n)?;
+            }
+            w if w.starts_with("--lines=") => lines = count(&w["--lines=".len()..])?,
+            w if w.starts_with("-n") && w.len() > 2 => lines = count(&w[2..])?,
+            w if w.starts_with('-') => {
+                return Err(format!(
+                    "logs: {:?} is not understood here; usage: {LOGS_USAGE}",
+                    w.chars().take(40).collect::<String>()
+                ));
+            }
+            _ => names.push(w),
+        }
+    }
+    let [name] = names.as_slice() else {
+        return Err(format!("logs: name one site; usage: {LOGS_USAGE}"));
+    };
+    let site = SiteName::parse(name, domain).map_err(|e| e.to_string())?;
+    Ok(Logs {
+        site,
+        lines,
+        follow,
+        access,
+    })
+}
+
+/// The exec line as a logs command: None when it is not one.
+pub fn parse_logs(line: &str, domain: &Domain) -> Option<Result<Logs, String>> {
+    let words = shell_words::split(line).ok()?;
+    let (command, rest) = words.split_first()?;
+    (command == "logs").then(|| logs_words(rest, domain))
 }
 
 #[cfg(test)]
@@ -442,6 +521,52 @@ mod tests {
             ),
         ] {
             let e = parse_report(line, d).unwrap().unwrap_err();
+            assert!(e.contains(why), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn logs_lines_name_a_site_and_what_to_show() {
+        let d = &crate::names::Domain::localhost();
+        let blog = SiteName::parse("blog", d).unwrap();
+        assert_eq!(parse_logs("status", d), None);
+        assert_eq!(
+            parse_logs("logs blog", d),
+            Some(Ok(Logs {
+                site: blog.clone(),
+                lines: DEFAULT_LOG_LINES,
+                follow: false,
+                access: false
+            }))
+        );
+        for line in [
+            "logs -f -n 50 --access blog.localhost",
+            "logs blog --follow --lines=50 --access",
+            "logs --access blog -n50 -f",
+            "logs blog --lines 50 --access -f",
+        ] {
+            assert_eq!(
+                parse_logs(line, d),
+                Some(Ok(Logs {
+                    site: blog.clone(),
+                    lines: 50,
+                    follow: true,
+                    access: true
+                })),
+                "{line}"
+            );
+        }
+        for (line, why) in [
+            ("logs", "name one site"),
+            ("logs a b", "name one site"),
+            ("logs ../etc", "invalid site name"),
+            ("logs blog -n", "-n needs a number"),
+            ("logs blog -n x", "takes a number of lines"),
+            ("logs blog -n -5", "takes a number of lines"),
+            ("logs blog -n 10001", "at most 10000"),
+            ("logs blog --oProxyCommand=x", "usage: logs SITE"),
+        ] {
+            let e = parse_logs(line, d).unwrap().unwrap_err();
             assert!(e.contains(why), "{line}: {e}");
         }
     }

@@ -103,6 +103,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         cfg: cfg.clone(),
     });
     let control = tokio::spawn(control::serve(control_listener, node.clone()));
+    let rotation = tokio::spawn(rotate_logs(layout.clone()));
     let fingerprint = ssh::fingerprint(&host_key);
     let ssh = tokio::spawn(ssh::serve(
         ssh_listener,
@@ -136,7 +137,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     // No new connections; those open go on, and the deploys in flight get
     // the stop timeout to finish.
     tracing::info!("stopping: no longer accepting connections");
-    for door in [&http, &ssh, &control] {
+    for door in [&http, &ssh, &control, &rotation] {
         door.abort();
     }
     let _ = std::fs::remove_file(layout.ready_file());
@@ -250,5 +251,17 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+/// Keeps every site's logs under their size cap, for the node's life.
+async fn rotate_logs(layout: Layout) {
+    use crate::engine::logs;
+    let mut tick = tokio::time::interval(logs::ROTATE_EVERY);
+    loop {
+        tick.tick().await;
+        let layout = layout.clone();
+        let _ =
+            tokio::task::spawn_blocking(move || logs::rotate_all(&layout, logs::MAX_BYTES)).await;
     }
 }

@@ -5,7 +5,7 @@
 //! `git-upload-pack` on a validated site name (the real git, on the
 //! repository's absolute path), rsync's receiver for `toppcloud update`
 //! (its arguments built by the node, run as the site's account) and
-//! `config SITE ...` for `toppcloud config`, `rollback SITE`,
+//! `config SITE ...` for `toppcloud config`, `logs SITE ...`, `rollback SITE`,
 //! `activate SITE ID`, `disable SITE`, `enable SITE` and
 //! `destroy SITE --yes [--data]` (served by the engine itself):
 //! nothing the client sends reaches a shell. Everything else (shells, ptys,
@@ -34,8 +34,8 @@ use crate::engine::{DeployRequest, SiteTurn};
 use crate::layout::Layout;
 use crate::names::SiteName;
 use crate::node::Node;
-use crate::node::exec::Report;
 use crate::node::exec::{ConfigAction, Request};
+use crate::node::exec::{Logs, Report};
 use crate::node::keys::{self, Identity};
 use crate::node::listen::{self, Gate, Pass, Throttle};
 
@@ -173,6 +173,7 @@ async fn connection(
         }),
         channels: HashMap::new(),
         git_protocol: HashMap::new(),
+        follows: HashMap::new(),
         _on_drop: cancel.clone().drop_guard(),
         cancel,
     };
@@ -293,6 +294,9 @@ pub struct Connection {
     pre_auth: Option<PreAuth>,
     channels: HashMap<ChannelId, Channel<Msg>>,
     git_protocol: HashMap<ChannelId, String>,
+    /// The `logs -f` of each channel, stopped when the client closes it
+    /// (a multiplexed ssh closes the channel, not the connection).
+    follows: HashMap<ChannelId, CancellationToken>,
     /// Cancelled when the connection ends, however it ends.
     cancel: CancellationToken,
     _on_drop: tokio_util::sync::DropGuard,
@@ -377,6 +381,77 @@ impl Connection {
     }
 }
 
+impl Connection {
+    /// `logs SITE [-f] [-n N] [--access]`: the lines on stdout; a follow
+    /// ends when the client closes the channel or the connection.
+    fn logs(
+        &mut self,
+        ch: ChannelId,
+        session: &mut Session,
+        identity: Identity,
+        logs: Result<Logs, String>,
+    ) -> Result<(), russh::Error> {
+        let logs = match logs {
+            Ok(l) => l,
+            Err(message) => return self.refuse(ch, session, &message),
+        };
+        let site = &logs.site;
+        let not_found = format!(
+            "site {site} not found, or this key ({}) may not use it",
+            identity.name
+        );
+        if !identity.may_use(site) {
+            tracing::info!(key = %identity.name, site = %site, "refused: key not allowed on site");
+            return self.refuse(ch, session, &not_found);
+        }
+        let kind = if logs.access {
+            crate::engine::logs::Kind::Access
+        } else {
+            crate::engine::logs::Kind::Error
+        };
+        let Some(path) = self.shared.engine.site_log(site, kind) else {
+            return self.refuse(ch, session, &not_found);
+        };
+        let Some(channel) = self.channels.remove(&ch) else {
+            return self.refuse(ch, session, "no such channel");
+        };
+        session.channel_success(ch)?;
+        let stop = self.cancel.child_token();
+        self.follows.insert(ch, stop.clone());
+        tokio::spawn(async move {
+            let (_, w) = channel.split();
+            let out = tokio::sync::Mutex::new(w.make_writer());
+            let send = |lines: Vec<String>| {
+                let out = &out;
+                async move {
+                    let mut text = lines.join("\n");
+                    text.push('\n');
+                    let mut out = out.lock().await;
+                    out.write_all(text.as_bytes()).await.is_ok() && out.flush().await.is_ok()
+                }
+            };
+            let streamed =
+                crate::engine::logs::stream(path, logs.lines, logs.follow, send, stop.clone())
+                    .await;
+            if logs.follow {
+                tracing::info!(site = %logs.site, "logs -f of {} ended", logs.site);
+            }
+            let code = match streamed {
+                Ok(()) => 0,
+                Err(e) => {
+                    tracing::warn!("logs: {e:#}");
+                    let line =
+                        "toppcloud: cannot read the log (the details are in the node's log)\n";
+                    let _ = w.make_writer_ext(Some(1)).write_all(line.as_bytes()).await;
+                    1
+                }
+            };
+            finish(&w, code, &stop).await;
+        });
+        Ok(())
+    }
+}
+
 impl russh::server::Handler for Connection {
     type Error = russh::Error;
 
@@ -436,6 +511,9 @@ impl russh::server::Handler for Connection {
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
         self.channels.remove(&ch);
+        if let Some(follow) = self.follows.remove(&ch) {
+            follow.cancel();
+        }
         Ok(())
     }
 
@@ -524,6 +602,9 @@ impl russh::server::Handler for Connection {
             return self.refuse(ch, session, "not authenticated");
         };
         let line = String::from_utf8_lossy(data).into_owned();
+        if let Some(logs) = crate::node::exec::parse_logs(&line, &self.shared.cfg.domain) {
+            return self.logs(ch, session, identity, logs);
+        }
         if let Some(report) = crate::node::exec::parse_report(&line, &self.shared.cfg.domain) {
             return self.report(ch, session, identity, report);
         }
@@ -684,7 +765,9 @@ impl GitJob {
                 return Err(e);
             }
         };
-        let _cleanup = RemoveOnDrop(area.path.clone());
+        // Removed before the exit status goes out, so a client that has
+        // its answer finds no upload area left.
+        let cleanup = RemoveOnDrop(area.path.clone());
         // The receiver runs as the site's account, into the site's area:
         // whatever it is told, it can write nowhere else.
         let mut cmd = tokio::process::Command::new("rsync");
@@ -698,6 +781,7 @@ impl GitJob {
         }
         let (code, w) = pump(cmd, channel, self.cancel.clone()).await?;
         if code != 0 {
+            drop(cleanup);
             finish(&w, code, &self.cancel).await;
             return Ok(());
         }
@@ -720,6 +804,7 @@ impl GitJob {
             .engine
             .deploy_in_turn(&turn, req, &progress)
             .await;
+        drop(cleanup);
         self.finish_deploy(&w, deployed, progress, forward).await;
         Ok(())
     }

@@ -20,6 +20,7 @@ mod deploy;
 mod failures;
 mod lifecycle;
 mod limits;
+mod logs;
 mod node;
 mod push;
 mod real_apps;

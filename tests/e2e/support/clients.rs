@@ -362,9 +362,15 @@ impl Laptop {
         Laptop { home }
     }
 
-    pub fn toppcloud(&self, args: &[&str]) -> Run {
+    /// `toppcloud ARGS...` on this laptop, not yet started.
+    pub fn command(&self, args: &[&str]) -> Command {
         let mut cmd = clean_command(BIN, self.home.path());
         cmd.args(args).current_dir(self.home.path());
+        cmd
+    }
+
+    pub fn toppcloud(&self, args: &[&str]) -> Run {
+        let cmd = self.command(args);
         Run::from(
             format!("toppcloud {}", args.join(" ")),
             run_with_timeout(cmd, Duration::from_secs(240)),
