@@ -205,17 +205,8 @@ enum Command {
         toppcloud logs blog.example.com --access -n 20\n\n\
         Through the node's SSH door, with the key's site rights.")]
     Logs {
-        /// The site: a host name, or a bare name that gets the node's domain.
-        site: String,
-        /// Keep printing lines as they are written, until Ctrl-C.
-        #[arg(short, long)]
-        follow: bool,
-        /// How many lines from the end (at most 10000).
-        #[arg(short = 'n', long, default_value_t = 100)]
-        lines: usize,
-        /// The access log (one line a request) instead of the error log.
-        #[arg(long)]
-        access: bool,
+        #[command(flatten)]
+        logs: LogsArgs,
         /// A configured node's name or an ssh:// URL; default: the default node.
         #[arg(long, env = "TOPPCLOUD_NODE")]
         node: Option<String>,
@@ -280,6 +271,22 @@ enum KeysCommand {
         #[command(flatten)]
         flags: NodeFlags,
     },
+}
+
+/// What `logs` shows, on the laptop and on the node.
+#[derive(clap::Args)]
+struct LogsArgs {
+    /// The site: a host name, or a bare name that gets the node's domain.
+    site: String,
+    /// Keep printing lines as they are written, until Ctrl-C.
+    #[arg(short, long)]
+    follow: bool,
+    /// How many lines from the end (at most 10000).
+    #[arg(short = 'n', long, default_value_t = 100)]
+    lines: usize,
+    /// The access log (one line a request) instead of the error log.
+    #[arg(long)]
+    access: bool,
 }
 
 #[derive(Args, Clone)]
@@ -419,17 +426,8 @@ enum NodeCommand {
         after_help = "Examples:\n  toppcloud node logs blog -f\n  toppcloud node logs blog --access -n 20 --dev"
     )]
     Logs {
-        /// The site: a host name, or a bare name that gets the node's domain.
-        site: String,
-        /// Keep printing lines as they are written, until Ctrl-C.
-        #[arg(short, long)]
-        follow: bool,
-        /// How many lines from the end (at most 10000).
-        #[arg(short = 'n', long, default_value_t = 100)]
-        lines: usize,
-        /// The access log instead of the error log.
-        #[arg(long)]
-        access: bool,
+        #[command(flatten)]
+        logs: LogsArgs,
         #[command(flatten)]
         flags: NodeFlags,
     },
@@ -636,18 +634,12 @@ async fn run(cli: Cli) -> Result<()> {
             print!("{done}");
             Ok(())
         }
-        Command::Node(NodeCommand::Logs {
-            site,
-            follow,
-            lines,
-            access,
-            flags,
-        }) => {
+        Command::Node(NodeCommand::Logs { logs, flags }) => {
             let req = control::Request::Logs {
-                site,
-                lines,
-                follow,
-                access,
+                site: logs.site,
+                lines: logs.lines,
+                follow: logs.follow,
+                access: logs.access,
             };
             ask_node(&flags, &req).await?;
             Ok(())
@@ -709,14 +701,8 @@ async fn run(cli: Cli) -> Result<()> {
             let node = laptop_node(node.as_deref())?;
             exit_with(remote::releases(&site, json, &node)?)
         }
-        Command::Logs {
-            site,
-            follow,
-            lines,
-            access,
-            node,
-        } => {
-            let words = remote::logs_words(&site, follow, lines, access)?;
+        Command::Logs { logs, node } => {
+            let words = remote::logs_words(&logs.site, logs.follow, logs.lines, logs.access)?;
             let node = laptop_node(node.as_deref())?;
             exit_with(remote::run(&node, &words)?)
         }
