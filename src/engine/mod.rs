@@ -839,11 +839,8 @@ impl Engine {
             ));
             return Ok(deployed);
         }
-        let dir = self.layout.release_dir(site, target);
-        let checks = AppIni::load(&release::app_dir(&dir))
-            .map(|(ini, _)| Checks::of(&ini))
-            .unwrap_or_default();
         if let Some(p) = prev.as_ref().filter(|p| p.release == target) {
+            let checks = self.checks_of_kept(site, target);
             progress.say(format!(
                 "-----> {origin}: release {target} (previous, warm) becomes live (deploy {deploy})"
             ));
@@ -861,51 +858,13 @@ impl Engine {
 
         // Loaded on demand (its N.host was asked for): warm already.
         let warm = self.take_on_demand(site, target);
-        let slot = match warm {
-            Some(slot) => {
-                progress.say(format!(
-                    "-----> {origin}: release {target} (loaded on demand, warm) becomes live (deploy {deploy})"
-                ));
-                slot
-            }
-            None => {
-                progress.say(format!(
-                    "-----> {origin}: loading kept release {target} (deploy {deploy})"
-                ));
-                let account = self
-                    .site_account(site, progress)
-                    .await
-                    .map_err(DeployError::Node)?;
-                // Its temporary directory went when it stopped serving.
-                let tmp_root = self.layout.site_dir(site).join("tmp");
-                create_dir(&tmp_root, 0o711, None)
-                    .and_then(|()| {
-                        create_dir(
-                            &tmp_root.join(target.to_string()),
-                            0o700,
-                            account.as_ref().map(|a| (a.uid, a.gid)),
-                        )
-                    })
-                    .map_err(DeployError::Node)?;
-                self.claim_spare(site).await.map_err(DeployError::Node)?
-            }
-        };
-        let loaded = async {
-            if warm.is_none() {
-                self.load_into(slot, &dir, progress).await?;
-            }
-            self.check(site, target, slot, &checks, progress)
-                .await
-                .map_err(DeployError::Check)
-        }
-        .await;
-        if let Err(e) = loaded {
-            if let Err(e) = self.apache.retire(slot).await {
-                tracing::warn!(site = %site, "retiring slot {slot}: {e:#}");
-            }
-            self.state().pool.release(slot);
-            return Err(e);
-        }
+        progress.say(match warm {
+            Some(_) => format!(
+                "-----> {origin}: release {target} (loaded on demand, warm) becomes live (deploy {deploy})"
+            ),
+            None => format!("-----> {origin}: loading kept release {target} (deploy {deploy})"),
+        });
+        let slot = self.ready_kept(site, target, warm, progress).await?;
         let retire = self
             .switch(site, target, slot, None)
             .map_err(DeployError::Node)?;
@@ -919,6 +878,65 @@ impl Engine {
         let freed = self.prune(site);
         self.retire_all(site, freed).await;
         Ok(deployed)
+    }
+
+    /// Makes kept release `id` ready to serve in a slot of the site's
+    /// cell, checked as a deploy is: `warm`, the slot that holds it already,
+    /// or a spare it is loaded into. A slot that fails is retired.
+    async fn ready_kept(
+        &self,
+        site: &SiteName,
+        id: ReleaseId,
+        warm: Option<Slot>,
+        progress: &Progress,
+    ) -> Result<Slot, DeployError> {
+        let dir = self.layout.release_dir(site, id);
+        let checks = self.checks_of_kept(site, id);
+        let slot = match warm {
+            Some(slot) => slot,
+            None => {
+                let account = self
+                    .site_account(site, progress)
+                    .await
+                    .map_err(DeployError::Node)?;
+                // Its temporary directory went when it stopped serving.
+                let tmp_root = self.layout.site_dir(site).join("tmp");
+                create_dir(&tmp_root, 0o711, None)
+                    .and_then(|()| {
+                        create_dir(
+                            &tmp_root.join(id.to_string()),
+                            0o700,
+                            account.as_ref().map(|a| (a.uid, a.gid)),
+                        )
+                    })
+                    .map_err(DeployError::Node)?;
+                self.claim_spare(site).await.map_err(DeployError::Node)?
+            }
+        };
+        let ready = async {
+            if warm.is_none() {
+                self.load_into(slot, &dir, progress).await?;
+            }
+            self.check(site, id, slot, &checks, progress)
+                .await
+                .map_err(DeployError::Check)
+        }
+        .await;
+        if let Err(e) = ready {
+            if let Err(e) = self.apache.retire(slot).await {
+                tracing::warn!(site = %site, "retiring slot {slot}: {e:#}");
+            }
+            self.state().pool.release(slot);
+            return Err(e);
+        }
+        Ok(slot)
+    }
+
+    /// What a kept release is checked at, from its own app.ini.
+    fn checks_of_kept(&self, site: &SiteName, id: ReleaseId) -> Checks {
+        AppIni::load(&release::app_dir(&self.layout.release_dir(site, id)))
+            .map(|(ini, _)| Checks::of(&ini))
+            .unwrap_or_default()
     }
 
     /// Live <-> previous: the state first, then the route map; both

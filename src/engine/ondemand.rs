@@ -15,12 +15,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tracing::Instrument;
 
-use super::checks::Checks;
 use super::state::{OnDemand, Placed};
-use super::{Engine, NodeState, release};
+use super::{Engine, NodeState};
 use crate::apache::{self, Slot};
-use crate::app_ini::AppIni;
-use crate::dirs::create_dir;
 use crate::names::{ReleaseId, SiteName};
 use crate::progress::Progress;
 
@@ -156,27 +153,11 @@ impl Engine {
         if !dir.is_dir() {
             anyhow::bail!("{} is missing", dir.display());
         }
-        let checks = AppIni::load(&release::app_dir(&dir))
-            .map(|(ini, _)| Checks::of(&ini))
-            .unwrap_or_default();
-        let account = self.site_account(site, progress).await?;
-        // Its temporary directory went when it last stopped serving.
-        let tmp_root = self.layout.site_dir(site).join("tmp");
-        create_dir(&tmp_root, 0o711, None)?;
-        create_dir(
-            &tmp_root.join(id.to_string()),
-            0o700,
-            account.as_ref().map(|a| (a.uid, a.gid)),
-        )?;
-        let slot = self.claim_spare(site).await?;
-        let loaded = async {
-            self.load_into(slot, &dir, progress)
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
-            self.check(site, id, slot, &checks, progress).await
-        }
-        .await;
-        let routed = loaded.and_then(|()| {
+        let slot = self
+            .ready_kept(site, id, None, progress)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let routed = (|| {
             let mut st = self.state();
             let s = st
                 .sites
@@ -188,7 +169,7 @@ impl Engine {
             });
             st.pool.release(slot);
             apache::routes::write(&self.layout.routes_map(), &st.routes())
-        });
+        })();
         if let Err(e) = routed {
             {
                 let mut st = self.state();
