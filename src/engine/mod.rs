@@ -15,6 +15,7 @@
 
 pub mod build;
 pub mod git;
+pub mod https;
 pub mod lifecycle;
 pub mod pool;
 pub mod queue;
@@ -175,11 +176,15 @@ pub struct Engine {
     settings: settings::Settings,
     /// The PostgreSQL cluster sites' databases live on, once one asked.
     postgres: tokio::sync::Mutex<Option<services::postgres::Postgres>>,
+    /// Certificates: what mod_md was told and which restarts are owed.
+    https: https::Watch,
 }
 
 struct NodeState {
     pool: SlotPool,
     sites: BTreeMap<SiteName, SiteState>,
+    /// Every site's aliases (node.toml's, changed by `domains`).
+    domains: crate::domains::Domains,
 }
 
 /// `cells.toml`: cell number -> site.
@@ -211,6 +216,12 @@ impl NodeState {
         let mut r = apache::routes::Routes::new();
         for (site, st) in &self.sites {
             r.extend(st.routes(site));
+        }
+        // Aliases after every site's own names, which they never replace.
+        for (site, st) in &self.sites {
+            for (alias, route) in https::alias_routes(site, st, &self.domains) {
+                r.entry(alias).or_insert(route);
+            }
         }
         r
     }
@@ -297,6 +308,7 @@ impl Engine {
         while highest.is_some_and(|h| h >= cells) {
             cells += cfg.apache.cells;
         }
+        let domains = crate::domains::Domains::load(&cfg.sites, layout.domains_file())?;
         Ok(Engine {
             settings: settings::Settings::new(&layout.secrets_dir()),
             apache: Apache::new(cfg.apache.clone(), layout.clone()),
@@ -305,7 +317,9 @@ impl Engine {
             state: Mutex::new(NodeState {
                 pool: SlotPool::new(cells, cell_size, owners),
                 sites,
+                domains,
             }),
+            https: https::Watch::default(),
             accounts: Mutex::new(Vec::new()),
             turns: Mutex::new(HashMap::new()),
             pool_growth: tokio::sync::Mutex::new(()),
@@ -448,6 +462,7 @@ impl Engine {
             tracing::error!("{e:#}");
         }
         apache::routes::write(&self.layout.routes_map(), &routes)?;
+        self.prepare_https()?;
         self.apache.start(accounts).await?;
         let sites: Vec<SiteName> = self.state().sites.keys().cloned().collect();
         for site in sites {
