@@ -228,7 +228,9 @@ impl DomainStatus {
 }
 
 /// One line per name for `toppcloud domains`: its state in words.
-pub fn describe(status: Option<&DomainStatus>, in_use: bool) -> String {
+/// `last_error`: the node's record of the name's last failure, which
+/// mod_md forgets at a restart.
+pub fn describe(status: Option<&DomainStatus>, in_use: bool, last_error: Option<String>) -> String {
     let Some(s) = status else {
         return if in_use {
             "certificate in use".to_string()
@@ -248,7 +250,7 @@ pub fn describe(status: Option<&DomainStatus>, in_use: bool) -> String {
     if s.waiting_for_restart() {
         return "certificate obtained; in use after the restart the node schedules".to_string();
     }
-    if let Some(e) = s.error() {
+    if let Some(e) = s.error().or(last_error) {
         let retry = s
             .renewal
             .as_ref()
@@ -276,11 +278,11 @@ mod tests {
             panic!("{s:?}")
         };
         assert_eq!(
-            describe(Some(a), true),
+            describe(Some(a), true, None),
             "certificate valid until Sun, 30 Nov 2031 21:24:54 GMT"
         );
         assert!(b.waiting_for_restart() && !a.waiting_for_restart());
-        let text = describe(Some(c), false);
+        let text = describe(Some(c), false, None);
         assert!(
             text.contains("rejectedIdentifier: refused") && text.contains("next try soon"),
             "{text}"

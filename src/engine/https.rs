@@ -71,7 +71,14 @@ struct WatchState {
     errors: BTreeMap<String, String>,
     /// Tracks the TLS port chosen for a private Apache told port 0.
     tls_listen: Option<std::net::SocketAddr>,
+    /// Since when a certificate waits for its restart (the restart waits
+    /// for the names still being obtained, up to `MAX_WAIT`).
+    owed_since: Option<std::time::Instant>,
 }
+
+/// The longest a finished certificate waits for others still being
+/// obtained before a restart puts it in use alone.
+const MAX_WAIT: Duration = Duration::from_secs(20);
 
 impl Watch {
     fn with<T>(&self, f: impl FnOnce(&mut WatchState) -> T) -> T {
@@ -207,9 +214,14 @@ impl Engine {
             .iter()
             .any(|n| !store.join("domains").join(n).join("pubcert.pem").is_file());
         let mut restart = self.https.with(|w| w.applied != names);
-        if pending || ask_md || restart {
+        if pending || ask_md || restart || self.https.with(|w| w.owed_since.is_some()) {
             match self.apache.md_status().await {
                 Ok(status) => {
+                    // mod_md obtains one name after another, and a restart
+                    // starts its work over: so the restart that puts a
+                    // certificate in use waits for the names still in
+                    // progress (not those failing), up to MAX_WAIT.
+                    let mut in_progress = false;
                     for d in &status.domains {
                         self.note_error(d);
                         if d.waiting_for_restart() {
@@ -222,15 +234,24 @@ impl Engine {
                             );
                             if self.https.with(|w| w.restarted_for.insert(key)) {
                                 tracing::info!(name = %d.name, "https: certificate obtained");
-                                restart = true;
+                                self.https.with(|w| {
+                                    w.owed_since.get_or_insert_with(std::time::Instant::now);
+                                });
                             }
+                        } else if d.expires().is_none() && d.error().is_none() {
+                            in_progress = true;
                         }
+                    }
+                    let owed = self.https.with(|w| w.owed_since);
+                    if owed.is_some_and(|t| !in_progress || t.elapsed() > MAX_WAIT) {
+                        restart = true;
                     }
                 }
                 Err(e) => tracing::debug!("https: no status from mod_md: {e:#}"),
             }
         }
         if restart {
+            self.https.with(|w| w.owed_since = None);
             tokio::time::sleep(BATCH).await;
             let started = std::time::Instant::now();
             self.restart_for_https().await?;
@@ -245,7 +266,12 @@ impl Engine {
     /// Logs a name's ACME error once (until it changes).
     fn note_error(&self, d: &md::DomainStatus) {
         let Some(e) = d.error() else {
-            self.https.with(|w| w.errors.remove(&d.name));
+            // A restart clears mod_md's record of a failed try: the error
+            // is kept (and shown by `domains`) until the name has a
+            // certificate.
+            if d.expires().is_some() {
+                self.https.with(|w| w.errors.remove(&d.name));
+            }
             return;
         };
         let new = self
@@ -329,7 +355,8 @@ impl Engine {
                 .as_ref()
                 .and_then(|s| s.domains.iter().find(|d| d.name == name));
             let in_use = store.join("domains").join(name).join("pubcert.pem").is_file();
-            md::describe(s, in_use)
+            let last_error = self.https.with(|w| w.errors.get(name).cloned());
+            md::describe(s, in_use, last_error)
         };
         let mut rows: Vec<(String, String, String)> = Vec::new();
         rows.push((site.to_string(), "site".into(), cert(site.as_str())));
