@@ -133,7 +133,10 @@ impl HttpsConfig {
                 .chars()
                 .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\')
         {
-            bail!("[https] ca must be an ACME directory URL (https://...), not {:?}", self.ca);
+            bail!(
+                "[https] ca must be an ACME directory URL (https://...), not {:?}",
+                self.ca
+            );
         }
         if let Some(email) = &self.email {
             let ok = email.split_once('@').is_some_and(|(user, host)| {
@@ -1022,5 +1025,35 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = toml::from_str::<NodeConfig>("domian = \"x\"").unwrap_err();
         assert!(err.to_string().contains("domian"), "{err}");
+    }
+
+    #[test]
+    fn https_and_alias_keys_parse_with_defaults() {
+        let cfg = resolved("").unwrap();
+        assert!(!cfg.https.enabled);
+        assert_eq!(cfg.https.ca, DEFAULT_ACME_CA);
+        let cfg = resolved(
+            r#"
+            [https]
+            enabled = true
+            email = "ops@example.com"
+            ca = "https://127.0.0.1:14000/dir"
+            ca_root = "/etc/ssl/pebble.pem"
+            listen = "127.0.0.1:8443"
+            [sites.blog]
+            aliases = ["WWW.blog.example.com"]
+            redirect_aliases = false
+            hsts = true
+            [sites.shop]
+            "#,
+        )
+        .unwrap();
+        assert!(cfg.https.enabled);
+        assert_eq!(cfg.https.listen.port(), 8443);
+        let blog = &cfg.sites[&SiteName::parse_full("blog.localhost").unwrap()];
+        assert_eq!(blog.aliases[0].as_str(), "www.blog.example.com");
+        assert!(!blog.redirects_aliases() && blog.hsts);
+        let shop = &cfg.sites[&SiteName::parse_full("shop.localhost").unwrap()];
+        assert!(shop.redirects_aliases() && !shop.hsts);
     }
 }

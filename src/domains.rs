@@ -34,8 +34,7 @@ pub fn owner_among<'a>(
         n.strip_suffix(s)
             .and_then(|head| head.strip_suffix('.'))
             .is_some_and(|label| {
-                label == "prev"
-                    || (!label.is_empty() && label.bytes().all(|b| b.is_ascii_digit()))
+                label == "prev" || (!label.is_empty() && label.bytes().all(|b| b.is_ascii_digit()))
             })
     })
 }
@@ -240,11 +239,10 @@ mod tests {
         let mut d = Domains::load(&cfg, path.clone()).unwrap();
         let sites = [blog.clone(), shop.clone()];
         assert!(d.add(&blog, &host("blog.example.org"), &sites).unwrap());
-        let e = d
-            .add(&shop, &host("blog.example.org"), &sites)
-            .unwrap_err();
+        let e = d.add(&shop, &host("blog.example.org"), &sites).unwrap_err();
         assert!(
-            e.to_string().contains("already an alias of site blog.example.com"),
+            e.to_string()
+                .contains("already an alias of site blog.example.com"),
             "{e}"
         );
         let e = d

@@ -201,6 +201,9 @@ impl HostName {
                 "an IP address is not a host name (certificates are issued for DNS names)",
             ));
         }
+        if name.contains("..") {
+            return Err(error("empty label (\"..\")"));
+        }
         check_host(&name, MAX_HOST_LEN).map_err(|r| error(&r))?;
         let labels: Vec<&str> = name.split('.').collect();
         if labels.len() < 2 {

@@ -112,7 +112,12 @@ pub fn render_map(certified: &BTreeSet<String>) -> String {
 /// now (`domains/`) or will be at the next restart (finished in
 /// `staging/`).
 pub fn has_certificate(store: &Path, name: &str) -> bool {
-    if store.join("domains").join(name).join("pubcert.pem").is_file() {
+    if store
+        .join("domains")
+        .join(name)
+        .join("pubcert.pem")
+        .is_file()
+    {
         return true;
     }
     staged(store, name)

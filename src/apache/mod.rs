@@ -148,10 +148,7 @@ impl Apache {
     }
 
     fn https_plan(&self) -> Option<md::Plan> {
-        self.https
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.https.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// What mod_md says of every managed domain (its `md-status`
@@ -340,7 +337,14 @@ impl Apache {
                 let mut tls = String::new();
                 for (name, hsts) in &plan.names {
                     tls.push('\n');
-                    tls.push_str(&vhost(&addr, name, &md::render_tls(*hsts), "", "https", &suffix));
+                    tls.push_str(&vhost(
+                        &addr,
+                        name,
+                        &md::render_tls(*hsts),
+                        "",
+                        "https",
+                        &suffix,
+                    ));
                     tls.push('\n');
                 }
                 (

@@ -121,10 +121,8 @@ impl Engine {
                 match chosen {
                     Some(a) => a,
                     None => {
-                        let l = std::net::TcpListener::bind(std::net::SocketAddr::new(
-                            want.ip(),
-                            0,
-                        ))?;
+                        let l =
+                            std::net::TcpListener::bind(std::net::SocketAddr::new(want.ip(), 0))?;
                         let a = l.local_addr()?;
                         self.https.with(|w| w.tls_listen = Some(a));
                         a
@@ -150,12 +148,9 @@ impl Engine {
 
     /// Where HTTPS is served, once Apache runs with it.
     pub fn https_listen(&self) -> Option<std::net::SocketAddr> {
-        self.https.with(|w| w.tls_listen).or_else(|| {
-            self.cfg
-                .https
-                .enabled
-                .then_some(self.cfg.https.listen)
-        })
+        self.https
+            .with(|w| w.tls_listen)
+            .or_else(|| self.cfg.https.enabled.then_some(self.cfg.https.listen))
     }
 
     /// Gives Apache the current plan before a (re)start, and remembers
@@ -354,13 +349,21 @@ impl Engine {
             let s = status
                 .as_ref()
                 .and_then(|s| s.domains.iter().find(|d| d.name == name));
-            let in_use = store.join("domains").join(name).join("pubcert.pem").is_file();
+            let in_use = store
+                .join("domains")
+                .join(name)
+                .join("pubcert.pem")
+                .is_file();
             let last_error = self.https.with(|w| w.errors.get(name).cloned());
             md::describe(s, in_use, last_error)
         };
         let mut rows: Vec<(String, String, String)> = Vec::new();
         rows.push((site.to_string(), "site".into(), cert(site.as_str())));
-        rows.push((site.prev_host(), "previous release".into(), cert(&site.prev_host())));
+        rows.push((
+            site.prev_host(),
+            "previous release".into(),
+            cert(&site.prev_host()),
+        ));
         for a in &aliases {
             let what = if redirects {
                 format!("alias, 301 to {site}")

@@ -224,7 +224,8 @@ fn https_serves_live_prev_and_aliases_and_http_redirects_to_it() {
         Some("max-age=31536000")
     );
     assert_eq!(
-        n.https("blog.example.test", "/").header("strict-transport-security"),
+        n.https("blog.example.test", "/")
+            .header("strict-transport-security"),
         None
     );
 
@@ -244,7 +245,8 @@ fn https_serves_live_prev_and_aliases_and_http_redirects_to_it() {
     let listing = n.cmd(&["domains", "blog.example.test"]);
     let line = line_of(&listing.success().stdout, "www.blog.example.test");
     assert!(
-        line.contains("alias, 301 to blog.example.test") && line.contains("certificate valid until"),
+        line.contains("alias, 301 to blog.example.test")
+            && line.contains("certificate valid until"),
         "{line}"
     );
     let line = line_of(&listing.stdout, "prev.blog.example.test");
@@ -276,7 +278,10 @@ fn https_serves_live_prev_and_aliases_and_http_redirects_to_it() {
             "prev.blog.example.test",
             "prev.blog.example.test is a name of site blog.example.test",
         ),
-        ("shop.example.test", "is already a name of site shop.example.test itself"),
+        (
+            "shop.example.test",
+            "is already a name of site shop.example.test itself",
+        ),
         ("*.example.test", "wildcards are not supported"),
         ("127.0.0.1", "an IP address is not a host name"),
         ("a..example.test", "empty label"),
@@ -292,28 +297,42 @@ fn https_serves_live_prev_and_aliases_and_http_redirects_to_it() {
 
     // A name the CA refuses: the alias works over HTTP, the CA's words are
     // in `domains` and the node's log, and nothing else changed.
-    n.cmd(&["domains", "blog.example.test", "add", "refused.example.test"])
-        .success()
-        .stdout_has("refused.example.test added to blog.example.test");
+    n.cmd(&[
+        "domains",
+        "blog.example.test",
+        "add",
+        "refused.example.test",
+    ])
+    .success()
+    .stdout_has("refused.example.test added to blog.example.test");
     let a = node.get("refused.example.test", "/p?q");
     assert_eq!(a.code, 301, "{}", a.body);
     assert_eq!(
         a.location(),
         format!("http://blog.example.test:{}/p?q", node.apache_port)
     );
-    wait_for("the CA's refusal in domains", Duration::from_secs(60), || {
-        let r = n.cmd(&["domains", "blog.example.test"]);
-        r.stdout
-            .lines()
-            .any(|l| l.starts_with("refused.example.test") && l.contains("rejectedIdentifier"))
-            .then_some(())
-    });
+    wait_for(
+        "the CA's refusal in domains",
+        Duration::from_secs(60),
+        || {
+            let r = n.cmd(&["domains", "blog.example.test"]);
+            r.stdout
+                .lines()
+                .any(|l| l.starts_with("refused.example.test") && l.contains("rejectedIdentifier"))
+                .then_some(())
+        },
+    );
     node.wait_logged("no certificate: urn:ietf:params:acme:error:rejectedIdentifier");
     assert_eq!(n.https("blog.example.test", "/").body, "v2\n");
 
     // remove: the alias is gone from HTTP at once.
-    n.cmd(&["domains", "blog.example.test", "remove", "refused.example.test"])
-        .success();
+    n.cmd(&[
+        "domains",
+        "blog.example.test",
+        "remove",
+        "refused.example.test",
+    ])
+    .success();
     assert_eq!(node.get("refused.example.test", "/").code, 404);
     n.cmd(&["domains", "blog.example.test", "remove", "nope.example.test"])
         .failure()
@@ -364,8 +383,7 @@ fn aliases_redirect_or_serve_over_plain_http_with_https_off() {
         .failure()
         .stderr_has("site nosuch.localhost not found");
     // Kept across a restart of the node.
-    node_cmd(&node, &["domains", "blog", "remove", "www.blog.localhost"])
-        .success();
+    node_cmd(&node, &["domains", "blog", "remove", "www.blog.localhost"]).success();
     let mut node = node;
     node.stop();
     node.spawn();
@@ -388,13 +406,13 @@ fn alias_conflicts_and_bad_names_in_the_config_are_refused() {
             "[sites.a]\naliases = [\"x.example.org\"]\n[sites.b]\naliases = [\"x.example.org\"]\n",
             "x.example.org is already an alias of site a.localhost",
         ),
-        ("[sites.a]\naliases = [\"*.example.org\"]\n", "wildcards are not supported"),
+        (
+            "[sites.a]\naliases = [\"*.example.org\"]\n",
+            "wildcards are not supported",
+        ),
         ("[sites.a]\naliases = [\"10.1.2.3\"]\n", "an IP address"),
         ("[sites.a]\naliases = [\"a..example.org\"]\n", "empty label"),
-        (
-            "[https]\nenabled = true\n",
-            "[https] enabled needs email",
-        ),
+        ("[https]\nenabled = true\n", "[https] enabled needs email"),
         (
             "[https]\nemail = \"ops@example.org\"\nca = \"ftp://x\"\n",
             "[https] ca must be an ACME directory URL",
@@ -558,11 +576,19 @@ fn adding_a_site_and_its_certificates_fails_no_request_on_other_sites() {
     let started = Instant::now();
     node.deploy("shop.example.test", &App::plain("shop", 1, "shop\n"))
         .success();
-    n.cmd(&["domains", "shop.example.test", "add", "www.shop.example.test"])
-        .success();
+    n.cmd(&[
+        "domains",
+        "shop.example.test",
+        "add",
+        "www.shop.example.test",
+    ])
+    .success();
     n.wait_https("shop.example.test", 200);
     n.wait_https("www.shop.example.test", 301);
-    eprintln!("HTTPS served on the new site {:?} after its deploy began", started.elapsed());
+    eprintln!(
+        "HTTPS served on the new site {:?} after its deploy began",
+        started.elapsed()
+    );
     wait_for("shop's certificates", Duration::from_secs(60), || {
         let out = n.cmd(&["domains", "shop.example.test"]).stdout;
         (out.matches("certificate valid until").count() == 3).then_some(())
@@ -574,14 +600,13 @@ fn adding_a_site_and_its_certificates_fails_no_request_on_other_sites() {
         "other site: {sent} HTTP requests ({retried} retried once after an idle close), {tls_sent} HTTPS"
     );
     assert!(sent > 0 && tls_sent > 0);
-    let apache_errors: String =
-        std::fs::read_to_string(node.data.join("apache/logs/error.log"))
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(":error]") && !l.contains("toppcloud: slot"))
-            .take(20)
-            .map(|l| format!("{l}\n"))
-            .collect();
+    let apache_errors: String = std::fs::read_to_string(node.data.join("apache/logs/error.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(":error]") && !l.contains("toppcloud: slot"))
+        .take(20)
+        .map(|l| format!("{l}\n"))
+        .collect();
     let restarts = node.log()[log_start..]
         .matches("https: Apache restarted gracefully")
         .count();
