@@ -277,6 +277,23 @@ impl Engine {
         }
     }
 
+    /// A new site may not take a name another site has as an alias.
+    pub(super) fn check_not_an_alias(&self, site: &SiteName) -> Result<()> {
+        let st = self.state();
+        if st.sites.get(site).is_some_and(|s| s.live.is_some()) {
+            return Ok(());
+        }
+        let Ok(name) = HostName::parse(site.as_str()) else {
+            return Ok(());
+        };
+        if let Some((owner, true)) = st.domains.owner(&name, std::iter::empty()) {
+            bail!(
+                "{site} is an alias of site {owner}: nothing was deployed\nhint: toppcloud domains {owner} remove {site}"
+            );
+        }
+        Ok(())
+    }
+
     fn known_site(&self, site: &SiteName) -> Result<()> {
         if self.state().sites.contains_key(site) || self.cfg.sites.contains_key(site) {
             return Ok(());

@@ -1059,6 +1059,8 @@ impl Engine {
         ));
 
         self.check_free_space().map_err(DeployError::Refused)?;
+        self.check_not_an_alias(site)
+            .map_err(DeployError::Refused)?;
 
         // Stage: a fresh copy only root can change, links kept as links
         // and judged by where they really lead.

@@ -379,6 +379,11 @@ fn aliases_redirect_or_serve_over_plain_http_with_https_off() {
     node_cmd(&node, &["domains", "blog", "add", "2.shop.localhost"])
         .failure()
         .stderr_has("2.shop.localhost is a name of site shop.localhost");
+    // A new site may not take a name that is another site's alias.
+    node.deploy("www.shop.localhost", &App::plain("x", 1, "x\n"))
+        .failure()
+        .stderr_has("www.shop.localhost is an alias of site shop.localhost: nothing was deployed");
+    assert_eq!(node.body("www.shop.localhost"), "shop\n");
     node_cmd(&node, &["domains", "nosuch", "add", "a.example.org"])
         .failure()
         .stderr_has("site nosuch.localhost not found");
