@@ -146,6 +146,27 @@ impl Engine {
         }))
     }
 
+    /// `https://host/` once the name's certificate is in use.
+    pub(super) fn https_url(&self, host: &str) -> Option<String> {
+        if !self.cfg.https.enabled {
+            return None;
+        }
+        let store = self.layout.md_store();
+        if !store
+            .join("domains")
+            .join(host)
+            .join("pubcert.pem")
+            .is_file()
+        {
+            return None;
+        }
+        let suffix = match self.https_listen()?.port() {
+            443 => String::new(),
+            p => format!(":{p}"),
+        };
+        Some(format!("https://{host}{suffix}/"))
+    }
+
     /// Where HTTPS is served, once Apache runs with it.
     pub fn https_listen(&self) -> Option<std::net::SocketAddr> {
         self.https

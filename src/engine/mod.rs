@@ -578,6 +578,9 @@ impl Engine {
 
     /// Where users reach `host` on this node.
     pub fn url(&self, host: &str) -> String {
+        if let Some(url) = self.https_url(host) {
+            return url;
+        }
         format!("http://{host}{}/", self.apache.port_suffix())
     }
 

@@ -240,6 +240,13 @@ fn https_serves_live_prev_and_aliases_and_http_redirects_to_it() {
     let a = node.get("blog.example.test", "/.well-known/acme-challenge/nothing");
     assert_ne!(a.code, 301, "{:?}", a.headers);
     assert_eq!(node.body("1.blog.example.test"), "v2\n");
+    // A deploy's summary names the HTTPS address once it has one.
+    app.set_plain("blog", 1, "v3\n");
+    node.deploy("blog.example.test", &app)
+        .success()
+        .stdout_has(&format!("live at https://blog.example.test:{}/", n.tls));
+    assert_eq!(n.https("blog.example.test", "/").body, "v3\n");
+    assert_eq!(n.https("prev.blog.example.test", "/").body, "v2\n");
 
     // What `domains` shows: on the node, from a laptop, by hand.
     let listing = n.cmd(&["domains", "blog.example.test"]);
@@ -323,7 +330,7 @@ fn https_serves_live_prev_and_aliases_and_http_redirects_to_it() {
         },
     );
     node.wait_logged("no certificate: urn:ietf:params:acme:error:rejectedIdentifier");
-    assert_eq!(n.https("blog.example.test", "/").body, "v2\n");
+    assert_eq!(n.https("blog.example.test", "/").body, "v3\n");
 
     // remove: the alias is gone from HTTP at once.
     n.cmd(&[
