@@ -152,7 +152,7 @@ impl HttpsConfig {
         }
         if let Some(root) = &self.ca_root {
             let text = root.display().to_string();
-            if root.is_relative() || text.contains('"') || text.contains('\n') {
+            if root.is_relative() || text.contains('"') || text.chars().any(char::is_control) {
                 bail!("[https] ca_root must be an absolute path, not {text:?}");
             }
         }

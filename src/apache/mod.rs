@@ -238,6 +238,17 @@ impl Apache {
                 wsgi.display()
             );
         }
+        if self.cfg.mode == ApacheMode::Private && self.https_plan().is_some() {
+            for m in ["mod_ssl.so", "mod_md.so"] {
+                let path = self.cfg.modules_dir.join(m);
+                if !path.exists() {
+                    bail!(
+                        "[https] is enabled but {} is missing (Debian's apache2 package has it)\n{INSTALL_HINT}",
+                        path.display()
+                    );
+                }
+            }
+        }
         if self.cfg.mode == ApacheMode::System {
             let mut modules = vec!["wsgi", "rewrite", "headers"];
             if self.https_plan().is_some() {
