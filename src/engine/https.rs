@@ -11,10 +11,12 @@
 //!
 //! Restarts: mod_md reads its domains only at a (graceful) restart, and
 //! puts a new certificate in use only at the next one. The watcher checks
-//! once a second (every 30 s when every name has its certificate) whether
-//! the names changed or mod_md holds a finished certificate not yet in use,
-//! waits a moment for more of the same, and restarts Apache once for all of
-//! them; a certificate is restarted for at most once.
+//! four times a second while a name waits for its certificate (every 30 s
+//! when every name has one) whether the names changed or mod_md holds a
+//! finished certificate not yet in use; it waits a moment for more names
+//! (a deploy and a `domains add` together), or for the certificates still
+//! being obtained, and restarts Apache once for all of them; a certificate
+//! is restarted for at most once.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -75,6 +77,9 @@ struct WatchState {
     /// for the names still being obtained, up to `MAX_WAIT`).
     owed_since: Option<std::time::Instant>,
 }
+
+/// How often the watcher looks while a name waits for its certificate.
+const BUSY_TICK: Duration = Duration::from_millis(250);
 
 /// The longest a finished certificate waits for others still being
 /// obtained before a restart puts it in use alone.
@@ -210,7 +215,12 @@ impl Engine {
         }
         let mut idle_rounds = 0u32;
         loop {
-            let _ = tokio::time::timeout(Duration::from_secs(1), self.https.wake.notified()).await;
+            let tick = if idle_rounds == 0 {
+                BUSY_TICK
+            } else {
+                Duration::from_secs(1)
+            };
+            let _ = tokio::time::timeout(tick, self.https.wake.notified()).await;
             match self.https_round(idle_rounds == 0).await {
                 Ok(busy) => idle_rounds = if busy { 0 } else { (idle_rounds + 1) % 30 },
                 Err(e) => {
@@ -222,14 +232,18 @@ impl Engine {
     }
 
     /// One round: restarts if needed; true while some name has no
-    /// certificate in use yet (the watcher keeps looking every second).
+    /// certificate in use yet (the watcher keeps looking often).
     async fn https_round(&self, ask_md: bool) -> Result<bool> {
         let names: BTreeSet<String> = self.certified_names().into_keys().collect();
         let store = self.layout.md_store();
-        let pending = names
-            .iter()
-            .any(|n| !store.join("domains").join(n).join("pubcert.pem").is_file());
-        let mut restart = self.https.with(|w| w.applied != names);
+        // A name the CA refused is retried by mod_md on its own schedule;
+        // the watcher looks at it with the rest, every 30 s.
+        let failing = self.https.with(|w| w.errors.clone());
+        let pending = names.iter().any(|n| {
+            !failing.contains_key(n) && !store.join("domains").join(n).join("pubcert.pem").is_file()
+        });
+        let renamed = self.https.with(|w| w.applied != names);
+        let mut restart = renamed;
         if pending || ask_md || restart || self.https.with(|w| w.owed_since.is_some()) {
             match self.apache.md_status().await {
                 Ok(status) => {
@@ -254,7 +268,10 @@ impl Engine {
                                     w.owed_since.get_or_insert_with(std::time::Instant::now);
                                 });
                             }
-                        } else if d.expires().is_none() && d.error().is_none() {
+                        } else if d.expires().is_none()
+                            && d.error().is_none()
+                            && !failing.contains_key(&d.name)
+                        {
                             in_progress = true;
                         }
                     }
@@ -268,7 +285,9 @@ impl Engine {
         }
         if restart {
             self.https.with(|w| w.owed_since = None);
-            tokio::time::sleep(BATCH).await;
+            if renamed {
+                tokio::time::sleep(BATCH).await;
+            }
             let started = std::time::Instant::now();
             self.restart_for_https().await?;
             tracing::info!(
