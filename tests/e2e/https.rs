@@ -637,8 +637,8 @@ fn adding_a_site_and_its_certificates_fails_no_request_on_other_sites() {
     );
     // What a graceful restart costs today: mod_wsgi cuts requests its
     // daemons were given as Apache restarts them, answered 500 ("truncated
-    // response headers"). Making that restart lossless is the pool's work
-    // (issue 13); until then the test holds every other failure to zero:
+    // response headers"). Until the pool's graceful restart loses nothing,
+    // the test holds every other failure to zero:
     // no refused connection, no TLS error, no other site's or release's
     // answer, and no more 500s than requests in flight at the restarts
     // (one to four per restart and client in bench/https).
