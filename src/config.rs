@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 
-use crate::names::{Domain, SiteName};
+use crate::names::{Domain, HostName, SiteName};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -23,6 +23,8 @@ pub struct NodeConfig {
     pub ssh: SshConfig,
     /// What sites may ask for besides serving: `[services.postgresql]`.
     pub services: ServicesConfig,
+    /// Certificates from an ACME CA through Apache's mod_md: `[https]`.
+    pub https: HttpsConfig,
     /// Per-site settings as written (`[sites.blog]`, `[sites."blog.example.com"]`).
     #[serde(rename = "sites")]
     site_settings: BTreeMap<String, SiteConfig>,
@@ -77,9 +79,97 @@ pub struct SiteConfig {
     /// The secret the forge signs webhooks with; without one (or with an
     /// empty one) the site accepts no webhook.
     pub webhook_secret: Option<Secret>,
+    /// More names the site answers (`www.blog.example.com`); `toppcloud
+    /// domains SITE add|remove` changes them on a running node.
+    pub aliases: Vec<HostName>,
+    /// Aliases answer 301 to the site's own name (the default); false
+    /// serves them directly.
+    pub redirect_aliases: Option<bool>,
+    /// HTTPS answers carry Strict-Transport-Security.
+    pub hsts: bool,
+}
+
+/// The ACME CA everyone trusts; `[https] ca` replaces it (a test CA, a
+/// staging directory).
+pub const DEFAULT_ACME_CA: &str = "https://acme-v02.api.letsencrypt.org/directory";
+
+/// `[https]`: with `enabled`, every site's names get certificates from
+/// `ca` through Apache's mod_md, and plain HTTP answers 301 to HTTPS for
+/// the names that have one.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpsConfig {
+    pub enabled: bool,
+    /// The CA's contact for the account (expiry warnings, revocations).
+    pub email: Option<String>,
+    /// The ACME directory URL.
+    pub ca: String,
+    /// The roots the CA's own TLS certificate is checked against (a test
+    /// CA's); default: the system's.
+    pub ca_root: Option<PathBuf>,
+    /// Where Apache serves HTTPS. In private mode port 0 picks a free port.
+    pub listen: SocketAddr,
+}
+
+impl Default for HttpsConfig {
+    fn default() -> Self {
+        HttpsConfig {
+            enabled: false,
+            email: None,
+            ca: DEFAULT_ACME_CA.to_string(),
+            ca_root: None,
+            listen: SocketAddr::from(([0, 0, 0, 0], 443)),
+        }
+    }
+}
+
+impl HttpsConfig {
+    /// Refuses what mod_md would refuse later, or worse, pass to a shell
+    /// line of Apache's config, naming the key.
+    fn check(&self) -> Result<()> {
+        if !(self.ca.starts_with("https://") || self.ca.starts_with("http://"))
+            || self
+                .ca
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || c == '"' || c == '\\')
+        {
+            bail!(
+                "[https] ca must be an ACME directory URL (https://...), not {:?}",
+                self.ca
+            );
+        }
+        if let Some(email) = &self.email {
+            let ok = email.split_once('@').is_some_and(|(user, host)| {
+                !user.is_empty()
+                    && HostName::parse(host).is_ok()
+                    && user
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || "._+-".contains(c))
+            });
+            if !ok {
+                bail!("[https] email {email:?} is not an e-mail address the CA accepts");
+            }
+        }
+        if let Some(root) = &self.ca_root {
+            let text = root.display().to_string();
+            if root.is_relative() || text.contains('"') || text.chars().any(char::is_control) {
+                bail!("[https] ca_root must be an absolute path, not {text:?}");
+            }
+        }
+        if self.enabled && self.email.is_none() {
+            bail!(
+                "[https] enabled needs email = \"you@example.com\": the CA's contact for certificate notices"
+            );
+        }
+        Ok(())
+    }
 }
 
 impl SiteConfig {
+    /// Aliases answer 301 to the site's own name unless told otherwise.
+    pub fn redirects_aliases(&self) -> bool {
+        self.redirect_aliases.unwrap_or(true)
+    }
     /// The webhook secret, when there is a usable one.
     pub fn secret(&self) -> Option<&Secret> {
         self.webhook_secret.as_ref().filter(|s| !s.is_empty())
@@ -286,6 +376,7 @@ impl Default for NodeConfig {
             build: BuildConfig::default(),
             ssh: SshConfig::default(),
             services: ServicesConfig::default(),
+            https: HttpsConfig::default(),
             site_settings: BTreeMap::new(),
             sites: BTreeMap::new(),
             stop_timeout: 30,
@@ -477,7 +568,9 @@ impl NodeConfig {
         });
         cfg.check_limits()?;
         cfg.services.postgresql.check()?;
+        cfg.https.check()?;
         cfg.sites = normalise_sites(std::mem::take(&mut cfg.site_settings), &cfg.domain)?;
+        check_names(&cfg.sites)?;
         Ok(cfg)
     }
 
@@ -590,6 +683,26 @@ fn normalise_sites(
         }
     }
     Ok(out)
+}
+
+/// No name is claimed twice: an alias is no other site's name (nor its
+/// `prev.` or `N.` name) and belongs to one site only.
+fn check_names(sites: &BTreeMap<SiteName, SiteConfig>) -> Result<()> {
+    let mut claimed: BTreeMap<&HostName, &SiteName> = BTreeMap::new();
+    for (site, cfg) in sites {
+        for alias in &cfg.aliases {
+            if let Some(owner) = crate::domains::owner_among(alias, sites.keys()) {
+                bail!(
+                    "[sites.\"{site}\"] aliases: {alias} is a name of site {owner}{}",
+                    if owner == site { " itself" } else { "" }
+                );
+            }
+            if let Some(other) = claimed.insert(alias, site) {
+                bail!("[sites.\"{site}\"] aliases: {alias} is already an alias of site {other}");
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A branch name git accepts, that cannot be mistaken for an option.
@@ -912,5 +1025,35 @@ mod tests {
     fn unknown_keys_are_refused() {
         let err = toml::from_str::<NodeConfig>("domian = \"x\"").unwrap_err();
         assert!(err.to_string().contains("domian"), "{err}");
+    }
+
+    #[test]
+    fn https_and_alias_keys_parse_with_defaults() {
+        let cfg = resolved("").unwrap();
+        assert!(!cfg.https.enabled);
+        assert_eq!(cfg.https.ca, DEFAULT_ACME_CA);
+        let cfg = resolved(
+            r#"
+            [https]
+            enabled = true
+            email = "ops@example.com"
+            ca = "https://127.0.0.1:14000/dir"
+            ca_root = "/etc/ssl/pebble.pem"
+            listen = "127.0.0.1:8443"
+            [sites.blog]
+            aliases = ["WWW.blog.example.com"]
+            redirect_aliases = false
+            hsts = true
+            [sites.shop]
+            "#,
+        )
+        .unwrap();
+        assert!(cfg.https.enabled);
+        assert_eq!(cfg.https.listen.port(), 8443);
+        let blog = &cfg.sites[&SiteName::parse_full("blog.localhost").unwrap()];
+        assert_eq!(blog.aliases[0].as_str(), "www.blog.example.com");
+        assert!(!blog.redirects_aliases() && blog.hsts);
+        let shop = &cfg.sites[&SiteName::parse_full("shop.localhost").unwrap()];
+        assert!(shop.redirects_aliases() && !shop.hsts);
     }
 }

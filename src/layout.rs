@@ -111,6 +111,18 @@ impl Layout {
     pub fn access_pipes(&self) -> PathBuf {
         self.share_dir().join("access-pipes")
     }
+    /// The names `toppcloud domains` added to and removed from sites.
+    pub fn domains_file(&self) -> PathBuf {
+        self.root.join("domains.toml")
+    }
+    /// Names with a certificate: plain HTTP answers them with a 301 to HTTPS.
+    pub fn https_map(&self) -> PathBuf {
+        self.apache_dir().join("https.map")
+    }
+    /// mod_md's store: accounts, keys, certificates.
+    pub fn md_store(&self) -> PathBuf {
+        self.apache_dir().join("md")
+    }
     pub fn routes_map(&self) -> PathBuf {
         self.apache_dir().join("routes.map")
     }

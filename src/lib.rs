@@ -10,6 +10,7 @@ pub mod atomic;
 pub mod config;
 pub mod database;
 pub mod dirs;
+pub mod domains;
 pub mod layout;
 pub mod names;
 pub mod process;

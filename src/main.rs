@@ -184,6 +184,21 @@ enum Command {
         #[arg(long, env = "TOPPCLOUD_NODE")]
         node: Option<String>,
     },
+    /// A site's names (host, prev., aliases, N.), what each serves and its certificate.
+    #[command(after_help = "Examples:\n  \
+        toppcloud domains blog.example.com                     # names, certificates, expiry\n  \
+        toppcloud domains blog.example.com add www.blog.example.com\n  \
+        toppcloud domains blog.example.com remove blog.example.org")]
+    Domains {
+        /// The site: a host name, or a bare name that gets the node's domain.
+        site: String,
+        /// Nothing (list), `add NAME` or `remove NAME`.
+        #[arg(num_args = 0..=2)]
+        change: Vec<String>,
+        /// A configured node's name or an ssh:// URL; default: the default node.
+        #[arg(long, env = "TOPPCLOUD_NODE")]
+        node: Option<String>,
+    },
     /// A site's kept releases: id, state (live, prev, kept), version, commit, when, who.
     #[command(after_help = "Examples:\n  \
         toppcloud releases blog.example.com\n  \
@@ -441,6 +456,19 @@ enum NodeCommand {
         #[arg(long)]
         cell_size: usize,
     },
+    /// A site's names on the running node, or one added or removed.
+    #[command(
+        after_help = "Examples:\n  toppcloud node domains blog --dev\n  toppcloud node domains blog.example.com add www.blog.example.com --config /etc/toppcloud/node.toml"
+    )]
+    Domains {
+        /// The site: a host name, or a bare name that gets the node's domain.
+        site: String,
+        /// Nothing (list), `add NAME` or `remove NAME`.
+        #[arg(num_args = 0..=2)]
+        change: Vec<String>,
+        #[command(flatten)]
+        flags: NodeFlags,
+    },
     /// Manage the SSH keys that may push to this node (no restart needed).
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -647,6 +675,19 @@ async fn run(cli: Cli) -> Result<()> {
         Command::Node(NodeCommand::LogPipe { .. }) => {
             anyhow::bail!("internal error: the log pipe runs before the runtime starts")
         }
+        Command::Node(NodeCommand::Domains {
+            site,
+            change,
+            flags,
+        }) => {
+            let req = control::Request::Domains {
+                site,
+                words: change,
+            };
+            let done = ask_node(&flags, &req).await?;
+            println!("{}", done.trim_end());
+            Ok(())
+        }
         Command::Node(NodeCommand::Keys(cmd)) => keys(cmd),
         Command::Hook(HookCommand::PreReceive) => hook_pre_receive().await,
         Command::Update {
@@ -697,6 +738,10 @@ async fn run(cli: Cli) -> Result<()> {
             data,
             node,
         } => lifecycle_remote(&remote::destroy_words(&site, yes, data), node.as_deref()),
+        Command::Domains { site, change, node } => {
+            let node = laptop_node(node.as_deref())?;
+            exit_with(remote::domains(&site, &change, &node)?)
+        }
         Command::Releases { site, json, node } => {
             let node = laptop_node(node.as_deref())?;
             exit_with(remote::releases(&site, json, &node)?)

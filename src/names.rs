@@ -25,6 +25,8 @@ pub enum NameError {
     DefaultDomain { input: String, reason: String },
     #[error("invalid release id {input:?}: {reason}")]
     ReleaseId { input: String, reason: String },
+    #[error("invalid host name {input:?}: {reason}")]
+    HostName { input: String, reason: String },
 }
 
 /// The domain a node appends to bare site names ("blog" -> "blog.example.com"):
@@ -170,6 +172,75 @@ impl From<SiteName> for String {
 }
 
 impl fmt::Display for SiteName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A further name a site answers (an alias, `www.blog.example.com`): a full
+/// DNS host name, lower case, that a certificate can be issued for. No
+/// wildcard, no IP address, no name of the node's own (`.invalid`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HostName(String);
+
+impl HostName {
+    pub fn parse(input: &str) -> Result<HostName, NameError> {
+        let error = |reason: &str| NameError::HostName {
+            input: input.chars().take(80).collect(),
+            reason: reason.to_owned(),
+        };
+        let name = input.to_ascii_lowercase();
+        if name.contains('*') {
+            return Err(error(
+                "wildcards are not supported: name each host (ACME's http-01 challenge cannot prove a wildcard)",
+            ));
+        }
+        if name.contains(':') || name.parse::<std::net::Ipv4Addr>().is_ok() {
+            return Err(error(
+                "an IP address is not a host name (certificates are issued for DNS names)",
+            ));
+        }
+        if name.contains("..") {
+            return Err(error("empty label (\"..\")"));
+        }
+        check_host(&name, MAX_HOST_LEN).map_err(|r| error(&r))?;
+        let labels: Vec<&str> = name.split('.').collect();
+        if labels.len() < 2 {
+            return Err(error("a full host name is expected (www.example.com)"));
+        }
+        if labels.iter().all(|l| l.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(error(
+                "an IP address is not a host name (certificates are issued for DNS names)",
+            ));
+        }
+        if labels.last() == Some(&"invalid") {
+            return Err(error(
+                "the last label may not be \"invalid\" (reserved for the node's internal hosts)",
+            ));
+        }
+        Ok(HostName(name))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for HostName {
+    type Error = NameError;
+    fn try_from(s: String) -> Result<HostName, NameError> {
+        HostName::parse(&s)
+    }
+}
+
+impl From<HostName> for String {
+    fn from(h: HostName) -> String {
+        h.0
+    }
+}
+
+impl fmt::Display for HostName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
@@ -574,5 +645,27 @@ mod tests {
         assert_eq!(json, "7");
         let back: ReleaseId = serde_json::from_str("12").unwrap();
         assert_eq!(back, ReleaseId::new(12));
+    }
+
+    #[test]
+    fn host_names_refuse_wildcards_ips_and_dots() {
+        assert_eq!(
+            HostName::parse("WWW.Blog.Example.com").unwrap().as_str(),
+            "www.blog.example.com"
+        );
+        for (input, why) in [
+            ("*.example.com", "wildcards are not supported"),
+            ("*", "wildcards are not supported"),
+            ("a..example.com", "empty label"),
+            ("..", "empty label"),
+            ("127.0.0.1", "an IP address"),
+            ("::1", "an IP address"),
+            ("blog", "a full host name"),
+            ("x.invalid", "reserved"),
+            ("bl og.example.com", "not allowed"),
+        ] {
+            let e = HostName::parse(input).unwrap_err().to_string();
+            assert!(e.contains(why), "{input}: {e}");
+        }
     }
 }

@@ -111,6 +111,31 @@ pub fn check_exec_line(line: &str) {
             assert!(words.iter().any(|w| w == "--yes"), "{line:?}");
             assert_eq!(data, words.iter().any(|w| w == "--data"), "{line:?}");
         }
+        Ok(Request::Domains { site, action }) => {
+            check_site(&site);
+            let words = shell_words::split(line).expect("an accepted line splits");
+            assert_eq!(words[0], "domains", "{line:?}");
+            match action {
+                exec::DomainsAction::List => assert_eq!(words.len(), 2, "{line:?}"),
+                exec::DomainsAction::Add(name) | exec::DomainsAction::Remove(name) => {
+                    // A host name a certificate can be for: no wildcard,
+                    // no IP address, no empty label, nothing but DNS's.
+                    let n = name.as_str();
+                    assert_eq!(words.len(), 4, "{line:?}");
+                    assert_eq!(n, words[3].to_ascii_lowercase(), "{line:?}");
+                    assert!(
+                        n.contains('.')
+                            && n.split('.').all(|l| !l.is_empty())
+                            && n.bytes().all(|b| b.is_ascii_lowercase()
+                                || b.is_ascii_digit()
+                                || b == b'-'
+                                || b == b'.')
+                            && n.parse::<std::net::Ipv4Addr>().is_err(),
+                        "{line:?}"
+                    );
+                }
+            }
+        }
         Err(message) => assert!(!message.is_empty()),
     }
 }

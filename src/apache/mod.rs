@@ -4,6 +4,7 @@
 //! loaded into and switched between.
 
 pub mod forward;
+pub mod md;
 pub mod probe;
 pub mod routes;
 
@@ -127,6 +128,8 @@ pub struct Apache {
     accounts: Mutex<Vec<Option<Account>>>,
     /// What the node knows of each slot's daemons, from the OS alone.
     watch: Mutex<HashMap<Slot, SlotWatch>>,
+    /// HTTPS as the next (re)start writes it; None: plain HTTP only.
+    https: Mutex<Option<md::Plan>>,
 }
 
 /// A mod_wsgi daemon as the kernel knows it: a pid and its start time, so a
@@ -162,7 +165,36 @@ impl Apache {
             load_door: Mutex::new(None),
             accounts: Mutex::new(Vec::new()),
             watch: Mutex::new(HashMap::new()),
+            https: Mutex::new(None),
         }
+    }
+
+    /// What the next (re)start writes about HTTPS: mod_md's domains, the
+    /// TLS vhosts and the names plain HTTP sends to HTTPS.
+    pub fn set_https(&self, plan: Option<md::Plan>) {
+        *self.https.lock().unwrap_or_else(|e| e.into_inner()) = plan;
+    }
+
+    fn https_plan(&self) -> Option<md::Plan> {
+        self.https.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// What mod_md says of every managed domain (its `md-status`
+    /// handler, reached from loopback with the node's secret).
+    pub async fn md_status(&self) -> Result<md::Status> {
+        let extra = [format!("{CHECK_HEADER}: {}", self.check_token)];
+        let r = probe::get(
+            self.probe_addr(),
+            "toppcloud.invalid",
+            "/.toppcloud/md-status",
+            &extra,
+            Duration::from_secs(5),
+        )
+        .await?;
+        if r.status != 200 {
+            bail!("mod_md's status answered {}", r.status);
+        }
+        serde_json::from_str(&r.body).context("mod_md's status is not what the node expects")
     }
 
     /// Daemons per cell: a site's live, previous and spare slots.
@@ -266,12 +298,27 @@ impl Apache {
                 wsgi.display()
             );
         }
+        if self.cfg.mode == ApacheMode::Private && self.https_plan().is_some() {
+            for m in ["mod_ssl.so", "mod_md.so"] {
+                let path = self.cfg.modules_dir.join(m);
+                if !path.exists() {
+                    bail!(
+                        "[https] is enabled but {} is missing (Debian's apache2 package has it)\n{INSTALL_HINT}",
+                        path.display()
+                    );
+                }
+            }
+        }
         if self.cfg.mode == ApacheMode::System {
-            for m in ["wsgi", "rewrite", "headers", "proxy", "proxy_http"] {
+            let mut modules = vec!["wsgi", "rewrite", "headers", "proxy", "proxy_http"];
+            if self.https_plan().is_some() {
+                modules.extend(["ssl", "md"]);
+            }
+            for m in modules {
                 let load = self.cfg.config_dir.join(format!("mods-enabled/{m}.load"));
                 if !load.exists() {
                     bail!(
-                        "Apache module {m} is not enabled in {}\nhint: a2enmod wsgi rewrite headers proxy proxy_http",
+                        "Apache module {m} is not enabled in {}\nhint: a2enmod wsgi rewrite headers proxy proxy_http ssl md",
                         self.cfg.config_dir.display()
                     );
                 }
@@ -310,9 +357,9 @@ impl Apache {
                 ));
             }
         }
-        let vhost = match self.cfg.mode {
-            ApacheMode::Private => format!("*:{}", self.listen().port()),
-            ApacheMode::System => format!("*:{}", self.cfg.listen.port()),
+        let http_port = match self.cfg.mode {
+            ApacheMode::Private => self.listen().port(),
+            ApacheMode::System => self.cfg.listen.port(),
         };
         // Hosts of kept releases no slot holds go to the node, which loads
         // them; without a door (an engine run without one) they wait.
@@ -321,7 +368,8 @@ impl Apache {
             Some(door) => format!("\"http://{door}%{{REQUEST_URI}}\" [P,E=TC_LOAD:1,L]"),
             None => "- [R=503,L]".to_string(),
         };
-        SITES_CONF
+        let https = self.https_plan();
+        let text = SITES_CONF
             .replace("{{DAEMONS}}", &daemons)
             .replace("{{LOAD_RULE}}", &load_rule)
             .replace("{{LOAD_HEADER}}", LOAD_HEADER)
@@ -334,11 +382,72 @@ impl Apache {
                 "{{ROUTES}}",
                 &self.layout.routes_map().display().to_string(),
             )
-            .replace("{{VHOST}}", &vhost)
             .replace("{{ACCESS_LOG}}", &self.access_log_directive())
             .replace("{{CHECK_HEADER}}", CHECK_HEADER)
             .replace("{{SLOT_HEADER}}", SLOT_HEADER)
-            .replace("{{CHECK_TOKEN}}", &self.check_token)
+            .replace("{{CHECK_TOKEN}}", &self.check_token);
+        // The one vhost's rules serve plain HTTP and every TLS vhost alike.
+        let start = text.find("<VirtualHost ").unwrap_or(0);
+        let end = text
+            .find("</VirtualHost>")
+            .map(|i| i + "</VirtualHost>".len())
+            .unwrap_or(text.len());
+        let block = &text[start..end];
+        let vhost = |addr: &str, name: &str, tls: &str, to_https: &str, scheme, port: &str| {
+            block
+                .replace("{{VHOST}}", addr)
+                .replace("{{SERVER_NAME}}", name)
+                .replace("{{TLS}}", tls)
+                .replace("{{TO_HTTPS}}", to_https)
+                .replace("{{SCHEME}}", scheme)
+                .replace("{{PORT_SUFFIX}}", port)
+        };
+        let http_suffix = match http_port {
+            80 => String::new(),
+            p => format!(":{p}"),
+        };
+        let (directives, to_https, tls_vhosts) = match &https {
+            None => (String::new(), String::new(), String::new()),
+            Some(plan) => {
+                let to_https = md::render_to_https(
+                    plan,
+                    &self.layout.https_map(),
+                    CHECK_HEADER,
+                    &self.check_token,
+                );
+                let addr = format!("*:{}", plan.listen.port());
+                let suffix = plan.port_suffix();
+                let mut tls = String::new();
+                for (name, hsts) in &plan.names {
+                    tls.push('\n');
+                    tls.push_str(&vhost(
+                        &addr,
+                        name,
+                        &md::render_tls(*hsts),
+                        "",
+                        "https",
+                        &suffix,
+                    ));
+                    tls.push('\n');
+                }
+                (
+                    md::render_directives(plan, &self.layout.md_store(), http_port),
+                    to_https,
+                    tls,
+                )
+            }
+        };
+        let plain = vhost(
+            &format!("*:{http_port}"),
+            "toppcloud.invalid",
+            "",
+            &to_https,
+            "http",
+            &http_suffix,
+        );
+        format!("{}{plain}{}", &text[..start], &text[end..])
+            .replace("{{MD}}", &directives)
+            .replace("{{TLS_VHOSTS}}", &tls_vhosts)
     }
 
     /// The `CustomLog` that pipes every request line, its slot first, into
@@ -349,7 +458,7 @@ impl Apache {
             Ok(e) => e.display().to_string(),
             Err(e) => {
                 tracing::warn!("no per-site access logs: cannot find the toppcloud binary: {e}");
-                return "  # no access log: the toppcloud binary was not found".to_string();
+                return "# no access log: the toppcloud binary was not found".to_string();
             }
         };
         let data = self.layout.root().display().to_string();
@@ -358,10 +467,10 @@ impl Apache {
             tracing::warn!(
                 "no per-site access logs: {exe} or {data} has a space, quote or % in its path"
             );
-            return "  # no access log: the binary's or data dir's path needs quoting".to_string();
+            return "# no access log: the binary's or data dir's path needs quoting".to_string();
         }
         format!(
-            "  CustomLog \"||{exe} node log-pipe --data-dir {data} --cell-size {size}\" \
+            "CustomLog \"||{exe} node log-pipe --data-dir {data} --cell-size {size}\" \
              \"%<{{TC_SLOT}}e %{{Host}}i %h %l %u %t \\\"%r\\\" %>s %b \\\"%{{Referer}}i\\\" \\\"%{{User-Agent}}i\\\"\"",
             size = self.cfg.cell_size
         )
@@ -374,12 +483,27 @@ impl Apache {
         } else {
             ""
         };
+        let (tls_listen, tls_modules) = match self.https_plan() {
+            Some(plan) => (
+                format!("Listen {}\n", plan.listen),
+                format!(
+                    "LoadModule socache_shmcb_module {m}/mod_socache_shmcb.so\n\
+                     LoadModule ssl_module {m}/mod_ssl.so\n\
+                     LoadModule md_module {m}/mod_md.so\n\
+                     SSLSessionCache \"shmcb:run/ssl_scache(512000)\"\n",
+                    m = self.cfg.modules_dir.display()
+                ),
+            ),
+            None => (String::new(), String::new()),
+        };
         HTTPD_CONF
             .replace(
                 "{{SERVER_ROOT}}",
                 &self.layout.apache_dir().display().to_string(),
             )
             .replace("{{LISTEN}}", &self.listen().to_string())
+            .replace("{{TLS_LISTEN}}", &tls_listen)
+            .replace("{{TLS_MODULES}}", &tls_modules)
             .replace("{{USER_GROUP}}", user)
             .replace("{{MODULES}}", &self.cfg.modules_dir.display().to_string())
             .replace("{{SITES_CONF}}", &self.sites_conf().display().to_string())
@@ -402,6 +526,13 @@ impl Apache {
             (share.join("errors/503.html"), MAINTENANCE),
         ] {
             crate::atomic::write_mode(&path, text.as_bytes(), 0o644)?;
+        }
+        if let Some(plan) = self.https_plan() {
+            crate::atomic::write_mode(
+                &self.layout.https_map(),
+                md::render_map(&plan.certified).as_bytes(),
+                0o644,
+            )?;
         }
         if !self.layout.routes_map().exists() {
             routes::write(&self.layout.routes_map(), &routes::Routes::new())?;

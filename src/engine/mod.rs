@@ -16,6 +16,7 @@
 pub mod build;
 pub mod checks;
 pub mod git;
+pub mod https;
 pub mod lifecycle;
 pub mod logs;
 pub mod ondemand;
@@ -181,11 +182,15 @@ pub struct Engine {
     postgres: tokio::sync::Mutex<Option<services::postgres::Postgres>>,
     /// Kept releases loaded on demand: what failed lately.
     on_demand: ondemand::Loads,
+    /// Certificates: what mod_md was told and which restarts are owed.
+    https: https::Watch,
 }
 
 struct NodeState {
     pool: SlotPool,
     sites: BTreeMap<SiteName, SiteState>,
+    /// Every site's aliases (node.toml's, changed by `domains`).
+    domains: crate::domains::Domains,
 }
 
 /// `cells.toml`: cell number -> site.
@@ -217,6 +222,12 @@ impl NodeState {
         let mut r = apache::routes::Routes::new();
         for (site, st) in &self.sites {
             r.extend(st.routes(site));
+        }
+        // Aliases after every site's own names, which they never replace.
+        for (site, st) in &self.sites {
+            for (alias, route) in https::alias_routes(site, st, &self.domains) {
+                r.entry(alias).or_insert(route);
+            }
         }
         r
     }
@@ -303,6 +314,7 @@ impl Engine {
         while highest.is_some_and(|h| h >= cells) {
             cells += cfg.apache.cells;
         }
+        let domains = crate::domains::Domains::load(&cfg.sites, layout.domains_file())?;
         Ok(Engine {
             settings: settings::Settings::new(&layout.secrets_dir()),
             apache: Apache::new(cfg.apache.clone(), layout.clone()),
@@ -311,7 +323,9 @@ impl Engine {
             state: Mutex::new(NodeState {
                 pool: SlotPool::new(cells, cell_size, owners),
                 sites,
+                domains,
             }),
+            https: https::Watch::default(),
             accounts: Mutex::new(Vec::new()),
             turns: Mutex::new(HashMap::new()),
             pool_growth: tokio::sync::Mutex::new(()),
@@ -456,6 +470,7 @@ impl Engine {
             tracing::error!("{e:#}");
         }
         apache::routes::write(&self.layout.routes_map(), &routes)?;
+        self.prepare_https()?;
         self.apache.start(accounts).await?;
         let sites: Vec<SiteName> = self.state().sites.keys().cloned().collect();
         for site in sites {
@@ -575,6 +590,9 @@ impl Engine {
 
     /// Where users reach `host` on this node.
     pub fn url(&self, host: &str) -> String {
+        if let Some(url) = self.https_url(host) {
+            return url;
+        }
         format!("http://{host}{}/", self.apache.port_suffix())
     }
 
@@ -1089,6 +1107,8 @@ impl Engine {
         ));
 
         self.check_free_space().map_err(DeployError::Refused)?;
+        self.check_not_an_alias(site)
+            .map_err(DeployError::Refused)?;
 
         // Stage: a fresh copy only root can change, links kept as links
         // and judged by where they really lead.

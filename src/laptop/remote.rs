@@ -200,6 +200,17 @@ pub fn logs_words(site: &str, follow: bool, lines: usize, access: bool) -> Resul
     Ok(words)
 }
 
+/// `toppcloud domains SITE [add NAME | remove NAME]`: checked here as the
+/// node checks it, then run through the node's door; its exit code.
+pub fn domains(site: &str, change: &[String], node: &Node) -> Result<i32> {
+    SiteName::check_shape(site).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut words = vec!["domains".to_string(), site.to_string()];
+    words.extend(change.iter().cloned());
+    exec::domains_command(&words, &crate::names::Domain::localhost())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    run(node, &words)
+}
+
 /// The remote words of a report command, the site's shape checked first.
 fn report_words(command: &str, site: Option<&str>, json: bool) -> Result<Vec<String>> {
     let mut words = vec![command.to_string()];

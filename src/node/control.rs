@@ -83,6 +83,13 @@ pub enum Request {
         #[serde(default)]
         access: bool,
     },
+    /// `toppcloud node domains SITE [add NAME | remove NAME]`: the listing
+    /// or the change's summary is the done message.
+    Domains {
+        site: String,
+        #[serde(default)]
+        words: Vec<String>,
+    },
     /// From the pre-receive hook of a push the SSH server started.
     PreReceive {
         token: String,
@@ -359,6 +366,28 @@ async fn handle(stream: UnixStream, state: Arc<Node>) -> Result<()> {
                 },
             };
             let _ = send(&mut *out.lock().await, &done).await;
+        }
+        Request::Domains { site, words } => {
+            use crate::node::exec::DomainsAction;
+            let mut all = vec!["domains".to_string(), site];
+            all.extend(words);
+            let result = match crate::node::exec::domains_command(&all, engine.domain()) {
+                Err(message) => Err(anyhow::anyhow!(message)),
+                Ok(ExecRequest::Domains { site, action }) => match action {
+                    DomainsAction::List => engine.domains_report(&site).await,
+                    DomainsAction::Add(name) => engine.add_domain(&site, &name).await,
+                    DomainsAction::Remove(name) => engine.remove_domain(&site, &name).await,
+                },
+                Ok(_) => Err(anyhow::anyhow!("internal error: not a domains command")),
+            };
+            let done = match result {
+                Ok(message) => Event::Done { ok: true, message },
+                Err(e) => Event::Done {
+                    ok: false,
+                    message: format!("{e:#}"),
+                },
+            };
+            send(&mut w, &done).await?;
         }
         Request::PreReceive {
             token,

@@ -5,7 +5,7 @@
 //! `ssh.rs` serves the request.
 
 use crate::engine::settings::ConfigChange;
-use crate::names::{Domain, ReleaseId, SiteName};
+use crate::names::{Domain, HostName, ReleaseId, SiteName};
 use crate::node::upload::Upload;
 
 /// What a client may ask the node to run.
@@ -33,6 +33,44 @@ pub enum Request {
     /// `destroy SITE --yes [--data]`: the site gone (its files, secrets and
     /// database kept unless `--data`; the database always).
     Destroy { site: SiteName, data: bool },
+    /// `domains SITE [add NAME | remove NAME]`: the site's names.
+    Domains {
+        site: SiteName,
+        action: DomainsAction,
+    },
+}
+
+/// What a `domains` command asks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainsAction {
+    /// The names, what each serves and its certificate.
+    List,
+    Add(HostName),
+    Remove(HostName),
+}
+
+/// How `domains` is written, for the messages that refuse one.
+pub const DOMAINS_USAGE: &str = "domains SITE [add NAME | remove NAME]";
+
+/// The words after `domains SITE`.
+pub fn domains_action(words: &[String]) -> Result<DomainsAction, String> {
+    let host = |n: &str| HostName::parse(n).map_err(|e| e.to_string());
+    match words {
+        [] => Ok(DomainsAction::List),
+        [verb, name] if verb == "add" => Ok(DomainsAction::Add(host(name)?)),
+        [verb, name] if verb == "remove" => Ok(DomainsAction::Remove(host(name)?)),
+        _ => Err(format!("usage: {DOMAINS_USAGE}")),
+    }
+}
+
+/// `domains SITE ...` as words, the command first.
+pub fn domains_command(words: &[String], domain: &Domain) -> Result<Request, String> {
+    let Some(name) = words.get(1) else {
+        return Err(format!("domains: name a site; usage: {DOMAINS_USAGE}"));
+    };
+    let site = SiteName::parse(name, domain).map_err(|e| e.to_string())?;
+    let action = domains_action(&words[2..])?;
+    Ok(Request::Domains { site, action })
 }
 
 /// What a config command asks of a site's config vars.
@@ -52,6 +90,7 @@ impl Request {
             Request::Config { site, .. } => site,
             Request::Rollback(site) | Request::Activate { site, .. } => site,
             Request::Disable(site) | Request::Enable(site) | Request::Destroy { site, .. } => site,
+            Request::Domains { site, .. } => site,
         }
     }
 }
@@ -153,6 +192,9 @@ pub fn parse(line: &str, domain: &Domain) -> Result<Request, String> {
         let action = config_action(&words[2..])?;
         return Ok(Request::Config { site, action });
     }
+    if words.first().is_some_and(|w| w == "domains") {
+        return domains_command(&words, domain);
+    }
     if words
         .first()
         .is_some_and(|w| w == "rollback" || w == "activate")
@@ -182,7 +224,7 @@ pub fn parse(line: &str, domain: &Domain) -> Result<Request, String> {
 fn refusal_of(line: &str) -> String {
     let shown: String = line.chars().take(60).collect();
     format!(
-        "{shown:?} is not something this node runs; it accepts git push, git fetch, toppcloud update, toppcloud config, status, releases, logs, rollback, activate, disable, enable and destroy"
+        "{shown:?} is not something this node runs; it accepts git push, git fetch, toppcloud update, toppcloud config, status, releases, logs, rollback, activate, disable, enable, destroy and domains"
     )
 }
 
@@ -567,6 +609,38 @@ mod tests {
             ("logs blog --oProxyCommand=x", "usage: logs SITE"),
         ] {
             let e = parse_logs(line, d).unwrap().unwrap_err();
+            assert!(e.contains(why), "{line}: {e}");
+        }
+    }
+
+    #[test]
+    fn domains_lines_name_a_site_and_a_host() {
+        let d = &crate::names::Domain::localhost();
+        let blog = SiteName::parse("blog", d).unwrap();
+        assert_eq!(
+            parse("domains blog", d).unwrap(),
+            Request::Domains {
+                site: blog.clone(),
+                action: DomainsAction::List
+            }
+        );
+        assert_eq!(
+            parse("domains blog add WWW.blog.example.com", d).unwrap(),
+            Request::Domains {
+                site: blog.clone(),
+                action: DomainsAction::Add(HostName::parse("www.blog.example.com").unwrap())
+            }
+        );
+        for (line, why) in [
+            ("domains", "name a site"),
+            ("domains blog add", "usage: domains SITE"),
+            ("domains blog add '*.example.com'", "wildcards"),
+            ("domains blog remove 10.0.0.1", "an IP address"),
+            ("domains blog add a..b", "empty label"),
+            ("domains blog drop x.example.com", "usage"),
+            ("domains ../etc", "invalid site name"),
+        ] {
+            let e = parse(line, d).unwrap_err();
             assert!(e.contains(why), "{line}: {e}");
         }
     }

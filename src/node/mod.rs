@@ -104,6 +104,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     });
     let control = tokio::spawn(control::serve(control_listener, node.clone()));
     let rotation = tokio::spawn(rotate_logs(layout.clone()));
+    let certificates = tokio::spawn(engine.clone().watch_certificates());
     let fingerprint = ssh::fingerprint(&host_key);
     let ssh = tokio::spawn(ssh::serve(
         ssh_listener,
@@ -117,12 +118,15 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
         http::Limits::from_config(&cfg.http),
     ));
 
-    let ready = serde_json::json!({
+    let mut ready = serde_json::json!({
         "pid": std::process::id(),
         "http": http_addr.to_string(),
         "apache": apache.to_string(),
         "ssh": ssh_addr.to_string(),
     });
+    if let Some(tls) = engine.https_listen() {
+        ready["https"] = serde_json::Value::String(tls.to_string());
+    }
     crate::atomic::write(&layout.ready_file(), ready.to_string().as_bytes())?;
     println!(
         "toppcloud node ready: sites at http://<site>.{}:{}/, API at http://{http_addr}/, data in {}",
@@ -140,6 +144,7 @@ pub async fn run(cfg: NodeConfig) -> Result<()> {
     for door in [&http, &ssh, &control, &rotation] {
         door.abort();
     }
+    certificates.abort();
     let _ = std::fs::remove_file(layout.ready_file());
     drain(&engine, Duration::from_secs(cfg.stop_timeout)).await;
     let _ = std::fs::remove_file(layout.control_socket());

@@ -651,6 +651,7 @@ impl russh::server::Handler for Connection {
                 Request::Destroy { data, .. } => {
                     job.lifecycle(channel, Lifecycle::Destroy { data }).await
                 }
+                Request::Domains { action, .. } => job.domains(channel, action).await,
             };
             if let Err(e) = result {
                 tracing::warn!("git session: {e:#}");
@@ -942,6 +943,43 @@ impl GitJob {
         };
         drop(progress);
         let _ = forward.await;
+        finish(&w, code, &self.cancel).await;
+        Ok(())
+    }
+}
+
+impl GitJob {
+    /// `toppcloud domains`: the listing or the change's summary on
+    /// stdout, a refusal on stderr with exit status 1.
+    async fn domains(
+        self,
+        channel: Channel<Msg>,
+        action: crate::node::exec::DomainsAction,
+    ) -> Result<()> {
+        use crate::node::exec::DomainsAction;
+        let (_, w) = channel.split();
+        let engine = &self.shared.engine;
+        let result = match &action {
+            DomainsAction::List => engine.domains_report(&self.site).await,
+            DomainsAction::Add(name) => engine.add_domain(&self.site, name).await,
+            DomainsAction::Remove(name) => engine.remove_domain(&self.site, name).await,
+        };
+        if !matches!(action, DomainsAction::List) {
+            tracing::info!(key = %self.identity.name, site = %self.site, "domains {action:?}: {result:?}");
+        }
+        let (code, text, stream) = match result {
+            Ok(mut text) => {
+                if !text.ends_with('\n') {
+                    text.push('\n');
+                }
+                (0, text, None)
+            }
+            Err(e) => (1, format!("toppcloud: {e:#}\n"), Some(1)),
+        };
+        let mut out = w.make_writer_ext(stream);
+        if out.write_all(text.as_bytes()).await.is_ok() {
+            let _ = out.flush().await;
+        }
         finish(&w, code, &self.cancel).await;
         Ok(())
     }

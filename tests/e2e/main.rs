@@ -18,6 +18,7 @@ mod config;
 mod crash;
 mod deploy;
 mod failures;
+mod https;
 mod lifecycle;
 mod limits;
 mod logs;

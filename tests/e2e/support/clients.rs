@@ -94,6 +94,7 @@ pub struct Request {
     url: String,
     method: String,
     resolve: Option<String>,
+    cacert: Option<PathBuf>,
     headers: Vec<String>,
     body: Option<Vec<u8>>,
 }
@@ -104,6 +105,7 @@ impl Request {
             url: url.to_string(),
             method: "GET".into(),
             resolve: None,
+            cacert: None,
             headers: Vec::new(),
             body: None,
         }
@@ -117,6 +119,12 @@ impl Request {
     /// curl's `--resolve HOST:PORT:ADDR`.
     pub fn resolve(mut self, resolve: &str) -> Request {
         self.resolve = Some(resolve.to_string());
+        self
+    }
+
+    /// curl's `--cacert FILE`: the roots an https URL is checked against.
+    pub fn cacert(mut self, file: &Path) -> Request {
+        self.cacert = Some(file.to_path_buf());
         self
     }
 
@@ -159,6 +167,9 @@ impl Request {
         }
         if let Some(r) = &self.resolve {
             cmd.arg("--resolve").arg(r);
+        }
+        if let Some(c) = &self.cacert {
+            cmd.arg("--cacert").arg(c);
         }
         cmd.arg(&self.url);
         let done = run_with_timeout(cmd, Duration::from_secs(40));

@@ -1,0 +1,684 @@
+//! HTTPS through Apache's mod_md against Debian's pebble (an ACME test CA,
+//! on loopback, told to accept every name): `https://SITE` serves the live
+//! release, `prev.` the previous one, an alias redirects (or serves), plain
+//! HTTP answers 301 to HTTPS once a name has its certificate; names another
+//! site uses and names no certificate can be issued for are refused; a name
+//! the CA refuses leaves the site on HTTP with the CA's error in `domains`;
+//! and adding a site with its certificates fails no request on another.
+//! Aliases also work with HTTPS off.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::{
+    Answer, App, Laptop, Node, Request, Run, client_command, free_loopback_port, node_run_refused,
+    run_with_timeout, ssh, wait_for,
+};
+
+/// Debian's pebble on loopback, with a TLS key of its own made by openssl;
+/// killed on drop.
+struct Pebble {
+    dir: tempfile::TempDir,
+    child: Child,
+    port: u16,
+    /// The root that pebble's issued certificates chain to.
+    root: PathBuf,
+}
+
+impl Pebble {
+    fn start() -> Pebble {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let mut openssl = Command::new("openssl");
+        openssl
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+            .args(["-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(&cert);
+        let out = run_with_timeout(openssl, Duration::from_secs(30));
+        assert!(
+            out.status.success(),
+            "openssl: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Apache's workers read the CA file mod_md is given.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(&cert, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (port, management) = (free_loopback_port(), free_loopback_port());
+        let config = serde_json::json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{port}"),
+            "managementListenAddress": format!("127.0.0.1:{management}"),
+            "certificate": cert, "privateKey": key,
+            "httpPort": free_loopback_port(), "tlsPort": free_loopback_port(),
+            "ocspResponderURL": "", "externalAccountBindingRequired": false,
+            "domainBlocklist": ["refused.example.test"],
+        }});
+        let file = dir.path().join("pebble.json");
+        std::fs::write(&file, config.to_string()).unwrap();
+        let log = std::fs::File::create(dir.path().join("pebble.log")).unwrap();
+        let child = Command::new("pebble")
+            .arg("-config")
+            .arg(&file)
+            // Every name is valid (no challenge is really made); no
+            // random sleeps or refused nonces, so a test takes its time.
+            .env("PEBBLE_VA_ALWAYS_VALID", "1")
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("pebble (apt-get install pebble)");
+        let mut p = Pebble {
+            root: dir.path().join("root.pem"),
+            dir,
+            child,
+            port,
+        };
+        wait_for("pebble to listen", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", management)).ok()
+        });
+        wait_for("pebble's port", Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+        let root = Request::get(&format!("https://127.0.0.1:{management}/roots/0"))
+            .cacert(&cert)
+            .send();
+        assert_eq!(root.code, 200, "pebble's root: {}", root.body);
+        std::fs::write(&p.root, &root.body).unwrap();
+        p.port = port;
+        p
+    }
+
+    /// The node's `[https]` for this CA, serving TLS on `tls`.
+    fn https_toml(&self, tls: u16) -> String {
+        format!(
+            "[https]\nenabled = true\nemail = \"ops@example.test\"\n\
+             ca = \"https://127.0.0.1:{}/dir\"\nca_root = {:?}\nlisten = \"127.0.0.1:{tls}\"\n",
+            self.port,
+            self.dir.path().join("cert.pem"),
+        )
+    }
+}
+
+impl Drop for Pebble {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A node with HTTPS from `pebble` on a port of its own.
+struct TlsNode {
+    node: Node,
+    tls: u16,
+    root: PathBuf,
+}
+
+impl TlsNode {
+    fn start(pebble: &Pebble, extra: &str) -> TlsNode {
+        let tls = free_loopback_port();
+        let node = Node::start_with(&format!("{}{extra}", pebble.https_toml(tls)));
+        TlsNode {
+            node,
+            tls,
+            root: pebble.root.clone(),
+        }
+    }
+
+    /// `https://host:PORT/path` with curl, checked against pebble's root.
+    fn https(&self, host: &str, path: &str) -> Answer {
+        Request::get(&format!("https://{host}:{}{path}", self.tls))
+            .resolve(&format!("{host}:{}:127.0.0.1", self.tls))
+            .cacert(&self.root)
+            .send()
+    }
+
+    /// Waits until `host` answers `code` over HTTPS with a certificate
+    /// curl trusts.
+    fn wait_https(&self, host: &str, code: u16) -> Answer {
+        wait_for(
+            &format!("https://{host} to answer {code}"),
+            Duration::from_secs(90),
+            || {
+                let a = self.https(host, "/");
+                (a.code == code).then_some(a)
+            },
+        )
+    }
+
+    fn cmd(&self, args: &[&str]) -> Run {
+        node_cmd(&self.node, args)
+    }
+}
+
+/// `toppcloud node ARGS...` against `node`.
+fn node_cmd(node: &Node, args: &[&str]) -> Run {
+    let mut cmd = node.command();
+    cmd.arg("node").args(args).arg("--config").arg(&node.config);
+    Run::from(
+        format!("toppcloud node {}", args.join(" ")),
+        run_with_timeout(cmd, Duration::from_secs(120)),
+    )
+}
+
+/// The line of a `domains` listing about `name`.
+fn line_of(listing: &str, name: &str) -> String {
+    listing
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some(name))
+        .unwrap_or_else(|| panic!("no line for {name} in:\n{listing}"))
+        .to_string()
+}
+
+#[test]
+fn https_serves_live_prev_and_aliases_and_http_redirects_to_it() {
+    let pebble = Pebble::start();
+    let n = TlsNode::start(
+        &pebble,
+        r#"
+        [sites."blog.example.test"]
+        aliases = ["www.blog.example.test"]
+        [sites."shop.example.test"]
+        aliases = ["shop.example.org"]
+        redirect_aliases = false
+        hsts = true
+        "#,
+    );
+    let node = &n.node;
+    let app = App::new();
+    for body in ["v1\n", "v2\n"] {
+        app.set_plain("blog", 1, body);
+        node.deploy("blog.example.test", &app).success();
+    }
+    node.deploy("shop.example.test", &App::plain("shop", 1, "shop\n"))
+        .success();
+
+    assert_eq!(n.wait_https("blog.example.test", 200).body, "v2\n");
+    assert_eq!(n.wait_https("prev.blog.example.test", 200).body, "v1\n");
+    let a = n.wait_https("www.blog.example.test", 301);
+    assert_eq!(
+        a.location(),
+        format!("https://blog.example.test:{}/", n.tls)
+    );
+    let a = n.https("www.blog.example.test", "/x?y=1");
+    assert_eq!(
+        a.location(),
+        format!("https://blog.example.test:{}/x?y=1", n.tls)
+    );
+    // An alias that serves; HSTS only where asked for.
+    assert_eq!(n.wait_https("shop.example.org", 200).body, "shop\n");
+    let shop = n.wait_https("shop.example.test", 200);
+    assert_eq!(
+        shop.header("strict-transport-security"),
+        Some("max-age=31536000")
+    );
+    assert_eq!(
+        n.https("blog.example.test", "/")
+            .header("strict-transport-security"),
+        None
+    );
+
+    // Plain HTTP: 301 to HTTPS, path and query kept; not for ACME's
+    // challenges, nor for N.host (no certificate: it stays on HTTP).
+    let a = node.get("blog.example.test", "/a/b?c=d");
+    assert_eq!(a.code, 301, "{}", a.body);
+    assert_eq!(
+        a.location(),
+        format!("https://blog.example.test:{}/a/b?c=d", n.tls)
+    );
+    let a = node.get("blog.example.test", "/.well-known/acme-challenge/nothing");
+    assert_ne!(a.code, 301, "{:?}", a.headers);
+    assert_eq!(node.body("1.blog.example.test"), "v2\n");
+    // A deploy's summary names the HTTPS address once it has one.
+    app.set_plain("blog", 1, "v3\n");
+    node.deploy("blog.example.test", &app)
+        .success()
+        .stdout_has(&format!("live at https://blog.example.test:{}/", n.tls));
+    assert_eq!(n.https("blog.example.test", "/").body, "v3\n");
+    assert_eq!(n.https("prev.blog.example.test", "/").body, "v2\n");
+
+    // What `domains` shows: on the node, from a laptop, by hand.
+    let listing = n.cmd(&["domains", "blog.example.test"]);
+    let line = line_of(&listing.success().stdout, "www.blog.example.test");
+    assert!(
+        line.contains("alias, 301 to blog.example.test")
+            && line.contains("certificate valid until"),
+        "{line}"
+    );
+    let line = line_of(&listing.stdout, "prev.blog.example.test");
+    assert!(line.contains("certificate valid until"), "{line}");
+    let line = line_of(&listing.stdout, "1.blog.example.test");
+    assert!(line.contains("HTTP only"), "{line}");
+    let key = node.authorized_key("laptop");
+    let listing = Laptop::new(node, &key).toppcloud(&["domains", "shop.example.test"]);
+    let line = line_of(&listing.success().stdout, "shop.example.org");
+    assert!(
+        line.contains(" alias ") && line.contains("certificate valid until"),
+        "{line}"
+    );
+    let other = node.keygen("other");
+    let public = format!("{}.pub", other.display());
+    node.keys(&["add", "other", &public, "--sites", "shop.example.test"])
+        .success();
+    ssh(node, &other, "domains blog.example.test add x.example.test")
+        .failure()
+        .stderr_has("site blog.example.test not found, or this key (other) may not use it");
+
+    // Names another site answers, and names no certificate is for.
+    for (name, why) in [
+        (
+            "www.blog.example.test",
+            "www.blog.example.test is already an alias of site blog.example.test",
+        ),
+        (
+            "prev.blog.example.test",
+            "prev.blog.example.test is a name of site blog.example.test",
+        ),
+        (
+            "shop.example.test",
+            "is already a name of site shop.example.test itself",
+        ),
+        ("*.example.test", "wildcards are not supported"),
+        ("127.0.0.1", "an IP address is not a host name"),
+        ("a..example.test", "empty label"),
+    ] {
+        n.cmd(&["domains", "shop.example.test", "add", name])
+            .failure()
+            .stderr_has(why);
+    }
+    Laptop::new(node, &key)
+        .toppcloud(&["domains", "shop.example.test", "add", "blog.example.test"])
+        .failure()
+        .stderr_has("blog.example.test is a name of site blog.example.test");
+
+    // A name the CA refuses: the alias works over HTTP, the CA's words are
+    // in `domains` and the node's log, and nothing else changed.
+    n.cmd(&[
+        "domains",
+        "blog.example.test",
+        "add",
+        "refused.example.test",
+    ])
+    .success()
+    .stdout_has("refused.example.test added to blog.example.test");
+    let a = node.get("refused.example.test", "/p?q");
+    assert_eq!(a.code, 301, "{}", a.body);
+    assert_eq!(
+        a.location(),
+        format!("http://blog.example.test:{}/p?q", node.apache_port)
+    );
+    wait_for(
+        "the CA's refusal in domains",
+        Duration::from_secs(60),
+        || {
+            let r = n.cmd(&["domains", "blog.example.test"]);
+            r.stdout
+                .lines()
+                .any(|l| l.starts_with("refused.example.test") && l.contains("rejectedIdentifier"))
+                .then_some(())
+        },
+    );
+    node.wait_logged("no certificate: urn:ietf:params:acme:error:rejectedIdentifier");
+    assert_eq!(n.https("blog.example.test", "/").body, "v3\n");
+
+    // remove: the alias is gone from HTTP at once.
+    n.cmd(&[
+        "domains",
+        "blog.example.test",
+        "remove",
+        "refused.example.test",
+    ])
+    .success();
+    assert_eq!(node.get("refused.example.test", "/").code, 404);
+    n.cmd(&["domains", "blog.example.test", "remove", "nope.example.test"])
+        .failure()
+        .stderr_has("nope.example.test is not an alias of blog.example.test (its aliases: www.blog.example.test)");
+}
+
+#[test]
+fn aliases_redirect_or_serve_over_plain_http_with_https_off() {
+    let node = Node::start_with(
+        r#"
+        [sites.blog]
+        aliases = ["www.blog.localhost"]
+        [sites.shop]
+        aliases = ["shop.example.org"]
+        redirect_aliases = false
+        "#,
+    );
+    node.deploy("blog", &App::plain("blog", 1, "blog\n"))
+        .success();
+    node.deploy("shop", &App::plain("shop", 1, "shop\n"))
+        .success();
+    let a = node.get("www.blog.localhost", "/x/y?z=1");
+    assert_eq!(a.code, 301, "{}", a.body);
+    assert_eq!(
+        a.location(),
+        format!("http://blog.localhost:{}/x/y?z=1", node.apache_port)
+    );
+    assert_eq!(node.body("shop.example.org"), "shop\n");
+    assert_eq!(node.body("blog.localhost"), "blog\n");
+
+    node_cmd(&node, &["domains", "shop", "add", "www.shop.localhost"])
+        .success()
+        .stdout_has("www.shop.localhost added to shop.localhost");
+    assert_eq!(node.body("www.shop.localhost"), "shop\n");
+    let listing = node_cmd(&node, &["domains", "shop"]);
+    let line = line_of(&listing.success().stdout, "www.shop.localhost");
+    assert!(
+        line.contains(" alias ") && line.contains("HTTP only (HTTPS is off on this node)"),
+        "{line}"
+    );
+    node_cmd(&node, &["domains", "blog", "add", "www.shop.localhost"])
+        .failure()
+        .stderr_has("www.shop.localhost is already an alias of site shop.localhost");
+    node_cmd(&node, &["domains", "blog", "add", "2.shop.localhost"])
+        .failure()
+        .stderr_has("2.shop.localhost is a name of site shop.localhost");
+    // A new site may not take a name that is another site's alias.
+    node.deploy("www.shop.localhost", &App::plain("x", 1, "x\n"))
+        .failure()
+        .stderr_has("www.shop.localhost is an alias of site shop.localhost: nothing was deployed");
+    assert_eq!(node.body("www.shop.localhost"), "shop\n");
+    node_cmd(&node, &["domains", "nosuch", "add", "a.example.org"])
+        .failure()
+        .stderr_has("site nosuch.localhost not found");
+    // Kept across a restart of the node.
+    node_cmd(&node, &["domains", "blog", "remove", "www.blog.localhost"]).success();
+    let mut node = node;
+    node.stop();
+    node.spawn();
+    assert_eq!(node.body("www.shop.localhost"), "shop\n");
+    assert_eq!(node.get("www.blog.localhost", "/").code, 404);
+}
+
+#[test]
+fn alias_conflicts_and_bad_names_in_the_config_are_refused() {
+    for (extra, why) in [
+        (
+            "[sites.a]\naliases = [\"b.localhost\"]\n[sites.b]\n",
+            "[sites.\"a.localhost\"] aliases: b.localhost is a name of site b.localhost",
+        ),
+        (
+            "[sites.a]\naliases = [\"prev.a.localhost\"]\n",
+            "prev.a.localhost is a name of site a.localhost itself",
+        ),
+        (
+            "[sites.a]\naliases = [\"x.example.org\"]\n[sites.b]\naliases = [\"x.example.org\"]\n",
+            "x.example.org is already an alias of site a.localhost",
+        ),
+        (
+            "[sites.a]\naliases = [\"*.example.org\"]\n",
+            "wildcards are not supported",
+        ),
+        ("[sites.a]\naliases = [\"10.1.2.3\"]\n", "an IP address"),
+        ("[sites.a]\naliases = [\"a..example.org\"]\n", "empty label"),
+        ("[https]\nenabled = true\n", "[https] enabled needs email"),
+        (
+            "[https]\nemail = \"ops@example.org\"\nca = \"ftp://x\"\n",
+            "[https] ca must be an ACME directory URL",
+        ),
+    ] {
+        let err = node_run_refused(extra);
+        assert!(err.contains(why), "{extra}: {err}");
+    }
+}
+
+/// One GET of `/` on a kept-alive connection (opened when `conn` is None):
+/// the status and body, or why there is none; `Err(None)` when a reused
+/// connection was closed before any answer (the idle close a browser
+/// retries on a new connection).
+fn keepalive_get(
+    conn: &mut Option<(BufReader<TcpStream>, u32)>,
+    port: u16,
+    host: &str,
+) -> Result<(u16, String), Option<String>> {
+    if conn.is_none() {
+        let s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| Some(e.to_string()))?;
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_nodelay(true).unwrap();
+        *conn = Some((BufReader::new(s), 0));
+    }
+    let (r, used) = conn.as_mut().unwrap();
+    let reused = *used > 0;
+    *used += 1;
+    let idle_close = |e: String| if reused { None } else { Some(e) };
+    write!(r.get_mut(), "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")
+        .map_err(|e| idle_close(e.to_string()))?;
+    let mut status = String::new();
+    match r.read_line(&mut status) {
+        Ok(0) => return Err(idle_close("closed".into())),
+        Err(e) => return Err(idle_close(e.to_string())),
+        Ok(_) => {}
+    }
+    let code: u16 = status
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or(Some(format!("bad status line {status:?}")))?;
+    let (mut length, mut close, mut chunked) = (0usize, false, false);
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line).map_err(|e| Some(e.to_string()))?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            length = v.trim().parse().unwrap_or(0);
+        }
+        if lower.starts_with("connection:") && lower.contains("close") {
+            close = true;
+        }
+        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+            chunked = true;
+        }
+    }
+    let body = if chunked {
+        read_chunked(r).map_err(|e| Some(e.to_string()))?
+    } else {
+        let mut body = vec![0; length];
+        r.read_exact(&mut body).map_err(|e| Some(e.to_string()))?;
+        body
+    };
+    if close {
+        *conn = None;
+    }
+    Ok((code, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// A chunked body (RFC 9112 section 7.1), trailers skipped.
+fn read_chunked(r: &mut BufReader<TcpStream>) -> std::io::Result<Vec<u8>> {
+    let mut body = Vec::new();
+    loop {
+        let mut size = String::new();
+        r.read_line(&mut size)?;
+        let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+            .map_err(|e| std::io::Error::other(format!("chunk size {size:?}: {e}")))?;
+        if n == 0 {
+            loop {
+                let mut line = String::new();
+                r.read_line(&mut line)?;
+                if line.trim_end().is_empty() {
+                    return Ok(body);
+                }
+            }
+        }
+        let mut chunk = vec![0; n + 2];
+        r.read_exact(&mut chunk)?;
+        body.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// GETs `host` until `stop` on kept-alive connections: how many were
+/// sent, which failed, and how many were retried once on a new
+/// connection after an idle keep-alive connection closed (counted apart).
+fn load(port: u16, host: &str, body: &str, stop: Arc<AtomicBool>) -> (u32, Vec<String>, u32) {
+    let (mut sent, mut failed, mut retried) = (0u32, Vec::new(), 0u32);
+    let mut conn = None;
+    let started = Instant::now();
+    while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(240) {
+        sent += 1;
+        let mut answer = keepalive_get(&mut conn, port, host);
+        if let Err(None) = answer {
+            retried += 1;
+            conn = None;
+            answer = keepalive_get(&mut conn, port, host);
+        }
+        match answer {
+            Ok((200, b)) if b == body => {}
+            other => {
+                conn = None;
+                failed.push(format!("{other:?}"));
+            }
+        }
+    }
+    (sent, failed, retried)
+}
+
+#[test]
+fn adding_a_site_and_its_certificates_fails_no_request_on_other_sites() {
+    let pebble = Pebble::start();
+    let n = TlsNode::start(
+        &pebble,
+        "[sites.\"shop.example.test\"]\naliases = [\"www.shop.example.test\"]\n",
+    );
+    let node = &n.node;
+    node.deploy("blog.example.test", &App::plain("blog", 1, "blog\n"))
+        .success();
+    n.wait_https("blog.example.test", 200);
+    wait_for("blog's certificates", Duration::from_secs(60), || {
+        let out = n.cmd(&["domains", "blog.example.test"]).stdout;
+        (out.matches("certificate valid until").count() == 2).then_some(())
+    });
+
+    // The other site, over HTTP (its N.host keeps no certificate) on
+    // kept-alive connections, and over HTTPS with a new one each time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let plain = {
+        let (stop, port) = (stop.clone(), node.apache_port);
+        std::thread::spawn(move || load(port, "1.blog.example.test", "blog\n", stop))
+    };
+    let tls = {
+        let stop = stop.clone();
+        let (port, root) = (n.tls, n.root.clone());
+        std::thread::spawn(move || {
+            let (mut sent, mut failed) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) && sent < 5000 {
+                sent += 1;
+                let a = https_once(port, &root, "blog.example.test");
+                if a != "200 blog\n" {
+                    failed.push(a);
+                }
+            }
+            (sent, failed)
+        })
+    };
+
+    let log_start = node.log().len();
+    let started = Instant::now();
+    node.deploy("shop.example.test", &App::plain("shop", 1, "shop\n"))
+        .success();
+    n.wait_https("shop.example.test", 200);
+    n.wait_https("www.shop.example.test", 301);
+    eprintln!(
+        "HTTPS served on the new site {:?} after its deploy began",
+        started.elapsed()
+    );
+    wait_for("shop's certificates", Duration::from_secs(60), || {
+        let out = n.cmd(&["domains", "shop.example.test"]).stdout;
+        (out.matches("certificate valid until").count() == 3).then_some(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (sent, failed, retried) = plain.join().expect("the load thread");
+    let (tls_sent, tls_failed) = tls.join().expect("the https thread");
+    eprintln!(
+        "other site: {sent} HTTP requests ({retried} retried once after an idle close), {tls_sent} HTTPS"
+    );
+    assert!(sent > 0 && tls_sent > 0);
+    let apache_errors: String = std::fs::read_to_string(node.data.join("apache/logs/error.log"))
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(":error]") && !l.contains("toppcloud: slot"))
+        .take(20)
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let restarts = node.log()[log_start..]
+        .matches("https: Apache restarted gracefully")
+        .count();
+    eprintln!(
+        "failed on the other site during {restarts} graceful restart(s): {} of {sent} over HTTP, {} of {tls_sent} over HTTPS\nApache's errors:\n{apache_errors}",
+        failed.len(),
+        tls_failed.len(),
+    );
+    // The new site's names cost two graceful restarts (one for mod_md to
+    // take the names, one to put their certificates in use), whatever
+    // their number: batched, never one per name.
+    assert!(
+        (1..=2).contains(&restarts),
+        "{restarts} restarts:\n{}",
+        node.log()
+    );
+    // What a graceful restart costs today: mod_wsgi cuts requests its
+    // daemons were given as Apache restarts them, answered 500 ("truncated
+    // response headers"), or cannot reach a daemon being replaced, answered
+    // 503 (with the node's error page). Until the pool's graceful restart loses nothing,
+    // the test holds every other failure to zero:
+    // no refused connection, no TLS error, no other site's or release's
+    // answer, and no more of those than requests in flight at the restarts
+    // (one to four per restart and client in bench/https).
+    let http_cut = |f: &&String| f.starts_with("Ok((500,") || f.starts_with("Ok((503,");
+    let https_cut = |f: &&String| f.starts_with("500 ") || f.starts_with("503 ");
+    let only_restart_cuts =
+        failed.iter().all(|f| http_cut(&f)) && tls_failed.iter().all(|f| https_cut(&f));
+    assert!(
+        only_restart_cuts && failed.len() + tls_failed.len() <= 20 * restarts,
+        "failed on the other site: {} of {sent} over HTTP, {} of {tls_sent} over HTTPS; \
+         other than 500: {:?}\nApache's errors:\n{apache_errors}",
+        failed.len(),
+        tls_failed.len(),
+        failed
+            .iter()
+            .filter(|f| !http_cut(f))
+            .chain(tls_failed.iter().filter(|f| !https_cut(f)))
+            .take(5)
+            .collect::<Vec<_>>(),
+    );
+}
+
+/// One HTTPS GET with curl on a new connection: "STATUS BODY", or curl's
+/// error.
+fn https_once(port: u16, root: &Path, host: &str) -> String {
+    let mut cmd = client_command("curl");
+    cmd.args(["-sS", "--max-time", "30", "-w", "%{http_code} "])
+        .arg("--cacert")
+        .arg(root)
+        .arg("--resolve")
+        .arg(format!("{host}:{port}:127.0.0.1"))
+        .arg(format!("https://{host}:{port}/"));
+    let out = run_with_timeout(cmd, Duration::from_secs(40));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    // The body comes first, then the status that -w writes.
+    match text.rsplit_once(' ') {
+        Some((body_and_code, _)) if out.status.success() => {
+            let (body, code) = body_and_code.split_at(body_and_code.len().saturating_sub(3));
+            format!("{code} {body}")
+        }
+        _ => format!(
+            "curl failed: {text} {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ),
+    }
+}
