@@ -15,6 +15,17 @@ pub fn write(path: &Path, contents: &[u8]) -> Result<()> {
 
 /// `write`, the new file getting exactly `mode` (whatever the umask).
 pub fn write_mode(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    write_owned(path, contents, mode, None)
+}
+
+/// `write_mode`, the new file also getting `owner` (uid, gid) before it
+/// takes the name, so no reader ever sees it with other rights.
+pub fn write_owned(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    owner: Option<(u32, u32)>,
+) -> Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let dir = path
         .parent()
@@ -32,6 +43,10 @@ pub fn write_mode(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
         .with_context(|| format!("cannot write {}", tmp.display()))?;
     f.set_permissions(std::fs::Permissions::from_mode(mode))
         .with_context(|| format!("cannot chmod {}", tmp.display()))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid))
+            .with_context(|| format!("cannot chown {}", tmp.display()))?;
+    }
     f.write_all(contents)
         .and_then(|_| f.sync_all())
         .with_context(|| format!("cannot write {}", tmp.display()))?;

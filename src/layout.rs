@@ -123,6 +123,10 @@ impl Layout {
     pub fn md_store(&self) -> PathBuf {
         self.apache_dir().join("md")
     }
+    /// The node's check and load secrets, for Apache's workers only.
+    pub fn apache_secrets(&self) -> PathBuf {
+        self.apache_dir().join("secrets.map")
+    }
     pub fn routes_map(&self) -> PathBuf {
         self.apache_dir().join("routes.map")
     }

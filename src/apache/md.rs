@@ -67,19 +67,19 @@ pub fn render_directives(plan: &Plan, store: &Path, http_port: u16) -> String {
 /// The plain vhost's part: names with a certificate answer 301 to HTTPS
 /// (mod_md answers ACME's http-01 challenges before any of this runs; the
 /// node's own checks stay on HTTP), and mod_md's status for the node.
-pub fn render_to_https(plan: &Plan, map: &Path, check_header: &str, token: &str) -> String {
+pub fn render_to_https(plan: &Plan, map: &Path, check_header: &str) -> String {
     format!(
         r#"  RewriteMap tchttps "txt:{map}"
   RewriteCond %{{REMOTE_ADDR}} ^127\.
-  RewriteCond %{{HTTP:{check_header}}} ={token}
-  RewriteRule ^/\.toppcloud/md-status$ - [L]
+  RewriteCond "%{{HTTP:{check_header}}}|${{tcsecret:check}}" "^([0-9a-f]{{32}})\|\1$"
+  RewriteRule ^/\.toppcloud/md-status$ - [E=TC_MDSTATUS:1,L]
   RewriteCond %{{ENV:TC_CHECK}} !=1
   RewriteCond %{{REQUEST_URI}} !^/\.well-known/acme-challenge/
   RewriteCond ${{tchttps:%{{SERVER_NAME}}|no}} =yes
   RewriteRule ^/?(.*)$ https://%{{SERVER_NAME}}{port}/$1 [R=301,L]
   <Location "/.toppcloud/md-status">
     SetHandler md-status
-    Require expr "%{{REMOTE_ADDR}} -ipmatch '127.0.0.0/8' && req('{check_header}') == '{token}'"
+    Require env TC_MDSTATUS
   </Location>
 "#,
         map = map.display(),

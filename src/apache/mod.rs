@@ -33,6 +33,10 @@ const MAINTENANCE: &str = include_str!("../../server-files/errors/503.html");
 const INSTALL_HINT: &str =
     "hint: apt-get install apache2 libapache2-mod-wsgi-py3 (or run provisioning/install-deps)";
 
+/// The account Apache's workers serve as when the node runs as root (the
+/// private instance's `User`, Debian's `APACHE_RUN_USER`).
+const WORKER_USER: &str = "www-data";
+
 /// With `CHECK_HEADER`, names the slot a check request goes to.
 const SLOT_HEADER: &str = "X-Toppcloud-Slot";
 
@@ -373,7 +377,6 @@ impl Apache {
             .replace("{{DAEMONS}}", &daemons)
             .replace("{{LOAD_RULE}}", &load_rule)
             .replace("{{LOAD_HEADER}}", LOAD_HEADER)
-            .replace("{{LOAD_TOKEN}}", &self.load_token)
             .replace("{{LOOP_SUFFIX}}", LOOP_SUFFIX)
             .replace("{{DATA_RE}}", &regex_escape(&data))
             .replace("{{DATA}}", &data)
@@ -385,7 +388,10 @@ impl Apache {
             .replace("{{ACCESS_LOG}}", &self.access_log_directive())
             .replace("{{CHECK_HEADER}}", CHECK_HEADER)
             .replace("{{SLOT_HEADER}}", SLOT_HEADER)
-            .replace("{{CHECK_TOKEN}}", &self.check_token);
+            .replace(
+                "{{SECRETS}}",
+                &self.layout.apache_secrets().display().to_string(),
+            );
         // The one vhost's rules serve plain HTTP and every TLS vhost alike.
         let start = text.find("<VirtualHost ").unwrap_or(0);
         let end = text
@@ -409,12 +415,7 @@ impl Apache {
         let (directives, to_https, tls_vhosts) = match &https {
             None => (String::new(), String::new(), String::new()),
             Some(plan) => {
-                let to_https = md::render_to_https(
-                    plan,
-                    &self.layout.https_map(),
-                    CHECK_HEADER,
-                    &self.check_token,
-                );
+                let to_https = md::render_to_https(plan, &self.layout.https_map(), CHECK_HEADER);
                 let addr = format!("*:{}", plan.listen.port());
                 let suffix = plan.port_suffix();
                 let mut tls = String::new();
@@ -534,11 +535,29 @@ impl Apache {
                 0o644,
             )?;
         }
+        self.write_secrets()?;
         if !self.layout.routes_map().exists() {
             routes::write(&self.layout.routes_map(), &routes::Routes::new())?;
         }
         crate::dirs::create_dir(&self.layout.slots_dir(), 0o711, None)?;
         Ok(())
+    }
+
+    /// The map Apache's workers look the node's secrets up in: readable by
+    /// their group only, so no site's account (and no daemon, forked from
+    /// Apache's root parent before any worker read it) can learn them.
+    /// mod_rewrite re-reads it when it changes: a node that keeps a running
+    /// Apache replaces the secrets without a restart.
+    fn write_secrets(&self) -> Result<()> {
+        let text = format!("check {}\nload {}\n", self.check_token, self.load_token);
+        let owner = if unsafe { libc::geteuid() } == 0 {
+            let workers = crate::accounts::lookup(WORKER_USER)?
+                .with_context(|| format!("no {WORKER_USER} account for Apache's workers"))?;
+            Some((0, workers.gid))
+        } else {
+            None
+        };
+        crate::atomic::write_owned(&self.layout.apache_secrets(), text.as_bytes(), 0o640, owner)
     }
 
     fn ctl(&self, args: &[&str]) -> (Command, String) {

@@ -526,3 +526,50 @@ fn a_config_holding_secrets_that_others_can_read_is_refused() {
     assert!(err.contains("chmod 600"), "{err}");
     assert!(!err.contains("s3cret"), "{err}");
 }
+
+/// Every mod_wsgi daemon is a fork of Apache's root parent and keeps what
+/// the parent parsed; an app can read its own memory. The node's secrets
+/// (for its check and load requests) must not be there: the app looks for
+/// each in halves, so the whole secret never exists in its own memory
+/// unless it came from Apache.
+#[test]
+fn an_app_cannot_find_the_nodes_secrets_in_its_own_memory() {
+    root_only!();
+    let node = Node::start();
+    let secrets = std::fs::read_to_string(node.data.join("apache/secrets.map"))
+        .expect("the node's secrets map");
+    let mut halves = String::new();
+    for line in secrets.lines() {
+        let (name, token) = line.split_once(' ').expect("name token");
+        assert_eq!(token.len(), 32, "{line}");
+        let (a, b) = token.split_at(16);
+        halves.push_str(&format!("('{name}', {a:?}, {b:?}), "));
+    }
+    let app = python_app(
+        "spy",
+        &format!(
+            r#"import ctypes
+found = []
+with open('/proc/self/maps') as maps:
+    regions = [l.split() for l in maps]
+for r in regions:
+    # The process's own heap and anonymous memory (where a parsed
+    # configuration lives), read in place with ctypes as any app can.
+    if 'r' not in r[1] or (len(r) > 5 and r[5] not in ('[heap]', '[stack]')):
+        continue
+    lo, hi = (int(x, 16) for x in r[0].split('-'))
+    data = ctypes.string_at(lo, hi - lo)
+    for name, a, b in [{halves}]:
+        i = data.find(a.encode())
+        while i >= 0:
+            if data[i + 16:i + 32] == b.encode():
+                found.append(name)
+            i = data.find(a.encode(), i + 1)
+return 'found: ' + ' '.join(sorted(set(found))) if found else 'clean'"#
+        ),
+    );
+    node.deploy("spy", &app).success();
+    let answer = node.get("spy.localhost", "/");
+    assert_eq!(answer.code, 200, "{}", answer.body);
+    assert_eq!(answer.body, "clean", "the app read the node's secrets");
+}

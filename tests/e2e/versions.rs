@@ -143,18 +143,12 @@ fn every_kept_version_answers_at_its_n_host_started_on_demand() {
     assert_served(&node, "prev.blog.localhost", "v5\n");
 }
 
-/// The load secret as the node wrote it into Apache's (root-only) config.
+/// The load secret as the node wrote it for Apache's workers.
 fn load_secret(node: &Node) -> String {
-    let conf = std::fs::read_to_string(node.data.join("apache/sites.conf")).expect("sites.conf");
-    conf.lines()
-        .find_map(|l| {
-            let rest = l
-                .trim()
-                .strip_prefix("RequestHeader set X-Toppcloud-Load \"")?;
-            let (token, cond) = rest.split_once('"')?;
-            (cond.trim() == "env=TC_LOAD").then(|| token.to_string())
-        })
-        .expect("the load header's secret in sites.conf")
+    let map = std::fs::read_to_string(node.data.join("apache/secrets.map")).expect("secrets.map");
+    map.lines()
+        .find_map(|l| l.strip_prefix("load ").map(str::to_string))
+        .expect("the load secret in secrets.map")
 }
 
 #[test]
