@@ -398,12 +398,13 @@ impl Apache {
                 (self.sites_conf(), self.render_sites()),
                 (self.private_conf(), self.render_httpd()),
             ];
-            if running.is_some() && unchanged(&files) {
+            if running.is_some() && self.applied(&files) {
                 // A node that restarts finds its Apache serving exactly
                 // this: it keeps serving, no daemon restarts.
                 tracing::info!("Apache runs the current configuration already: not restarted");
                 return self.wait_listening(Duration::from_secs(15)).await;
             }
+            self.forget_applied();
             for (path, text) in &files {
                 // Both hold the check token: root's alone (Apache reads them as root).
                 crate::atomic::write_mode(path, text.as_bytes(), 0o600)?;
@@ -425,7 +426,7 @@ impl Apache {
             std::fs::write(&port_file, addr.to_string())
                 .with_context(|| format!("cannot write {}", port_file.display()))?;
             match self.wait_listening(Duration::from_secs(15)).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return self.record_applied(&files),
                 Err(_) if want.port() == 0 && attempts < 5 && running.is_none() => {
                     // Lost a race for the port: Apache exits at bind time.
                     continue;
@@ -464,15 +465,17 @@ impl Apache {
     async fn apply_system(&self) -> Result<()> {
         let file = self.sites_conf();
         let rendered = self.render_sites();
-        if self.parent_pid().is_some() && unchanged(&[(file.clone(), rendered.clone())]) {
+        let enabled = self.cfg.config_dir.join("sites-enabled/00-toppcloud.conf");
+        let files = [(file.clone(), rendered.clone())];
+        if self.parent_pid().is_some() && enabled.exists() && self.applied(&files) {
             tracing::info!("Apache runs the current configuration already: not restarted");
             return Ok(());
         }
+        self.forget_applied();
         let old = std::fs::read(&file).ok();
         let dir = file.parent().context("sites-available has no parent")?;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
         crate::atomic::write_mode(&file, rendered.as_bytes(), 0o600)?;
-        let enabled = self.cfg.config_dir.join("sites-enabled/00-toppcloud.conf");
         if !enabled.exists() {
             std::os::unix::fs::symlink("../sites-available/00-toppcloud.conf", &enabled)
                 .with_context(|| format!("cannot enable {}", enabled.display()))?;
@@ -496,7 +499,32 @@ impl Apache {
         self.restart(cmd, &prog, verb)
             .await
             .with_context(|| format!("apache2ctl {verb} failed"))?;
-        Ok(())
+        self.record_applied(&files)
+    }
+
+    /// Whether the running Apache was (re)started on exactly these files:
+    /// their digest was recorded after it, and they are still on disk.
+    /// A node that wrote a configuration and died before Apache took it
+    /// left no record, so the next start restarts Apache.
+    fn applied(&self, files: &[(PathBuf, String)]) -> bool {
+        let on_disk = files
+            .iter()
+            .all(|(path, text)| std::fs::read(path).is_ok_and(|b| b == text.as_bytes()));
+        on_disk
+            && std::fs::read_to_string(self.applied_file())
+                .is_ok_and(|d| d.trim() == config_digest(files))
+    }
+
+    fn record_applied(&self, files: &[(PathBuf, String)]) -> Result<()> {
+        crate::atomic::write_mode(&self.applied_file(), config_digest(files).as_bytes(), 0o600)
+    }
+
+    fn forget_applied(&self) {
+        let _ = std::fs::remove_file(self.applied_file());
+    }
+
+    fn applied_file(&self) -> PathBuf {
+        self.layout.apache_dir().join("applied.sha256")
     }
 
     /// Every start and restart of Apache goes through here, the one place
@@ -862,11 +890,17 @@ fn is_daemon(d: Daemon, parent: u32, slot: Slot, uid: Option<u32>) -> bool {
         && cmdline.starts_with(format!("(wsgi:tc_{slot})").as_bytes())
 }
 
-/// Whether every file already holds exactly this text.
-fn unchanged(files: &[(PathBuf, String)]) -> bool {
-    files
-        .iter()
-        .all(|(path, text)| std::fs::read(path).is_ok_and(|b| b == text.as_bytes()))
+/// The digest of a configuration: each file's path and text.
+fn config_digest(files: &[(PathBuf, String)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (path, text) in files {
+        h.update(path.as_os_str().as_encoded_bytes());
+        h.update([0]);
+        h.update(text.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
 }
 
 fn check_token_file(layout: &Layout) -> PathBuf {
