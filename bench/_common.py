@@ -381,8 +381,11 @@ class Node:
 
     def __init__(self, binary, ready_timeout=60.0, stop_timeout=60.0,
                  keep_tmp=False, ssh=False, apache_cells=None,
-                 extra_http="", extra_config="", wheelhouse=None):
+                 extra_http="", extra_config="", wheelhouse=None,
+                 extra_apache="", apache_port=0):
         """extra_http: lines added to the config's [http] table;
+        extra_apache: lines added to its [apache] table; apache_port:
+        the loopback port Apache listens on (0: one the kernel picks);
         extra_config: TOML appended after the last table ([sites.*]);
         wheelhouse: a directory of wheels the node installs from, and from
         nothing else (`[build] find_links`, `no_index = true`); without it,
@@ -393,6 +396,8 @@ class Node:
         takes one cell for its life)."""
         self.binary = binary
         self.extra_http = extra_http
+        self.extra_apache = extra_apache
+        self.apache_port_want = int(apache_port)
         self.extra_config = extra_config
         self.wheelhouse = wheelhouse
         self.ssh = ssh
@@ -437,9 +442,10 @@ class Node:
                 'domain = "localhost"\n'
                 '[http]\nlisten = "127.0.0.1:0"\n'
                 f'{self.extra_http}'
-                '[apache]\nlisten = "127.0.0.1:0"\n'
+                f'[apache]\nlisten = "127.0.0.1:{self.apache_port_want}"\n'
                 + (f'cells = {int(self.apache_cells)}\n'
                    if self.apache_cells else '')
+                + self.extra_apache
                 + '[ssh]\nlisten = "127.0.0.1:0"\n'
                 + f'[build]\nkeep_releases = 5\nuv_cache_dir = "{uv_cache}"\n'
                 + (f'find_links = ["{self.wheelhouse}"]\nno_index = true\n'

@@ -319,9 +319,12 @@ pub struct ApacheConfig {
     pub mode: ApacheMode,
     /// Where sites are served. In private mode port 0 picks a free port.
     pub listen: SocketAddr,
-    /// Cells in the pool when it starts, and how many it grows by. A site
-    /// takes a cell for its life; the pool grows by itself, at the cost of
-    /// one graceful restart, when a new site finds no free cell.
+    /// Cells in the pool when it starts, and the least it grows by. A site
+    /// takes a cell for its life; the pool grows by itself (by half its
+    /// size, at least `cells`) when a new site finds no free cell, at the
+    /// cost of one graceful restart of Apache, which restarts every daemon
+    /// of every site and fails the requests they were answering: a node
+    /// meant for N sites should start with `cells` = N.
     pub cells: usize,
     /// mod_wsgi daemons per cell (at least 3): the site's live and previous
     /// releases and its spares. More spares let back-to-back deploys skip

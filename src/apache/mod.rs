@@ -8,7 +8,7 @@ pub mod md;
 pub mod probe;
 pub mod routes;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -121,7 +121,10 @@ pub struct Apache {
     cfg: ApacheConfig,
     layout: Layout,
     listen: Mutex<SocketAddr>,
-    /// Written into the (root-only) Apache config at every start.
+    /// Written into the (root-only) Apache config at every start, and kept
+    /// in a root-only file next to it: a node that restarts finds the
+    /// configuration Apache runs unchanged, and need not restart Apache
+    /// (which would restart every site's daemons).
     check_token: String,
     /// Marks the requests Apache hands to the node to load a release
     /// (written into the same root-only config).
@@ -134,11 +137,14 @@ pub struct Apache {
     watch: Mutex<HashMap<Slot, SlotWatch>>,
     /// HTTPS as the next (re)start writes it; None: plain HTTP only.
     https: Mutex<Option<md::Plan>>,
+    /// The slot each of Apache's children is named for, learnt once per
+    /// process (a hint that saves reading thousands of names per scan).
+    named: Mutex<HashMap<Daemon, Slot>>,
 }
 
 /// A mod_wsgi daemon as the kernel knows it: a pid and its start time, so a
 /// recycled pid is never mistaken for the process that had it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Daemon {
     pub pid: u32,
     start: u64,
@@ -170,6 +176,7 @@ impl Apache {
             accounts: Mutex::new(Vec::new()),
             watch: Mutex::new(HashMap::new()),
             https: Mutex::new(None),
+            named: Mutex::new(HashMap::new()),
         }
     }
 
@@ -365,17 +372,9 @@ impl Apache {
             ApacheMode::Private => self.listen().port(),
             ApacheMode::System => self.cfg.listen.port(),
         };
-        // Hosts of kept releases no slot holds go to the node, which loads
-        // them; without a door (an engine run without one) they wait.
-        let load_door = *self.load_door.lock().unwrap_or_else(|e| e.into_inner());
-        let load_rule = match load_door {
-            Some(door) => format!("\"http://{door}%{{REQUEST_URI}}\" [P,E=TC_LOAD:1,L]"),
-            None => "- [R=503,L]".to_string(),
-        };
         let https = self.https_plan();
         let text = SITES_CONF
             .replace("{{DAEMONS}}", &daemons)
-            .replace("{{LOAD_RULE}}", &load_rule)
             .replace("{{LOAD_HEADER}}", LOAD_HEADER)
             .replace("{{LOOP_SUFFIX}}", LOOP_SUFFIX)
             .replace("{{DATA_RE}}", &regex_escape(&data))
@@ -526,6 +525,12 @@ impl Apache {
             (share.join("errors/404.html"), NOT_FOUND),
             (share.join("errors/503.html"), MAINTENANCE),
         ] {
+            // mod_wsgi restarts a daemon whose script changed (its mtime),
+            // on its next request: the same text is left alone, so a node
+            // that restarts restarts no site.
+            if std::fs::read(&path).is_ok_and(|b| b == text.as_bytes()) {
+                continue;
+            }
             crate::atomic::write_mode(&path, text.as_bytes(), 0o644)?;
         }
         if let Some(plan) = self.https_plan() {
@@ -543,13 +548,18 @@ impl Apache {
         Ok(())
     }
 
-    /// The map Apache's workers look the node's secrets up in: readable by
+    /// The map Apache's workers look the node's secrets (and its door) up in: readable by
     /// their group only, so no site's account (and no daemon, forked from
     /// Apache's root parent before any worker read it) can learn them.
     /// mod_rewrite re-reads it when it changes: a node that keeps a running
     /// Apache replaces the secrets without a restart.
     fn write_secrets(&self) -> Result<()> {
-        let text = format!("check {}\nload {}\n", self.check_token, self.load_token);
+        let mut text = format!("check {}\nload {}\n", self.check_token, self.load_token);
+        // Hosts of kept releases no slot holds go to the node, which loads
+        // them; without a door (an engine run without one) they get a 503.
+        if let Some(door) = *self.load_door.lock().unwrap_or_else(|e| e.into_inner()) {
+            text.push_str(&format!("door {door}\n"));
+        }
         let owner = if unsafe { libc::geteuid() } == 0 {
             let workers = crate::accounts::lookup(WORKER_USER)?
                 .with_context(|| format!("no {WORKER_USER} account for Apache's workers"))?;
@@ -623,9 +633,21 @@ impl Apache {
                 free_port(want)?
             };
             *self.listen.lock().unwrap_or_else(|e| e.into_inner()) = addr;
-            // Both hold the check token: root's alone (Apache reads them as root).
-            crate::atomic::write_mode(&self.sites_conf(), self.render_sites().as_bytes(), 0o600)?;
-            crate::atomic::write_mode(&self.private_conf(), self.render_httpd().as_bytes(), 0o600)?;
+            let files = [
+                (self.sites_conf(), self.render_sites()),
+                (self.private_conf(), self.render_httpd()),
+            ];
+            if running.is_some() && self.applied(&files) {
+                // A node that restarts finds its Apache serving exactly
+                // this: it keeps serving, no daemon restarts.
+                tracing::info!("Apache runs the current configuration already: not restarted");
+                return self.wait_listening(Duration::from_secs(15)).await;
+            }
+            self.forget_applied();
+            for (path, text) in &files {
+                // Root's alone: Apache reads them as root, before it drops to its workers' account.
+                crate::atomic::write_mode(path, text.as_bytes(), 0o600)?;
+            }
             self.config_test().await?;
             let verb = if running.is_some() {
                 "graceful"
@@ -633,7 +655,7 @@ impl Apache {
                 "start"
             };
             let (cmd, prog) = self.ctl(&["-k", verb]);
-            match run_captured(cmd, &prog).await {
+            match self.restart(cmd, &prog, verb).await {
                 Ok(_) => {}
                 Err(e) if want.port() == 0 && attempts < 5 && e.to_string().contains("in use") => {
                     continue;
@@ -643,7 +665,7 @@ impl Apache {
             std::fs::write(&port_file, addr.to_string())
                 .with_context(|| format!("cannot write {}", port_file.display()))?;
             match self.wait_listening(Duration::from_secs(15)).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => return self.record_applied(&files),
                 Err(_) if want.port() == 0 && attempts < 5 && running.is_none() => {
                     // Lost a race for the port: Apache exits at bind time.
                     continue;
@@ -681,11 +703,18 @@ impl Apache {
     /// configuration, and restore the previous file if the test fails.
     async fn apply_system(&self) -> Result<()> {
         let file = self.sites_conf();
+        let rendered = self.render_sites();
+        let enabled = self.cfg.config_dir.join("sites-enabled/00-toppcloud.conf");
+        let files = [(file.clone(), rendered.clone())];
+        if self.parent_pid().is_some() && enabled.exists() && self.applied(&files) {
+            tracing::info!("Apache runs the current configuration already: not restarted");
+            return Ok(());
+        }
+        self.forget_applied();
         let old = std::fs::read(&file).ok();
         let dir = file.parent().context("sites-available has no parent")?;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        crate::atomic::write_mode(&file, self.render_sites().as_bytes(), 0o600)?;
-        let enabled = self.cfg.config_dir.join("sites-enabled/00-toppcloud.conf");
+        crate::atomic::write_mode(&file, rendered.as_bytes(), 0o600)?;
         if !enabled.exists() {
             std::os::unix::fs::symlink("../sites-available/00-toppcloud.conf", &enabled)
                 .with_context(|| format!("cannot enable {}", enabled.display()))?;
@@ -706,15 +735,67 @@ impl Apache {
             "start"
         };
         let (cmd, prog) = self.ctl(&[verb]);
-        run_captured(cmd, &prog)
+        self.restart(cmd, &prog, verb)
             .await
             .with_context(|| format!("apache2ctl {verb} failed"))?;
+        self.record_applied(&files)
+    }
+
+    /// Whether the running Apache was (re)started on exactly these files:
+    /// their digest was recorded after it, and they are still on disk.
+    /// A node that wrote a configuration and died before Apache took it
+    /// left no record, so the next start restarts Apache.
+    fn applied(&self, files: &[(PathBuf, String)]) -> bool {
+        let on_disk = files
+            .iter()
+            .all(|(path, text)| std::fs::read(path).is_ok_and(|b| b == text.as_bytes()));
+        on_disk
+            && std::fs::read_to_string(self.applied_file())
+                .is_ok_and(|d| d.trim() == config_digest(files))
+    }
+
+    fn record_applied(&self, files: &[(PathBuf, String)]) -> Result<()> {
+        crate::atomic::write_mode(&self.applied_file(), config_digest(files).as_bytes(), 0o600)
+    }
+
+    fn forget_applied(&self) {
+        let _ = std::fs::remove_file(self.applied_file());
+    }
+
+    fn applied_file(&self) -> PathBuf {
+        self.layout.apache_dir().join("applied.sha256")
+    }
+
+    /// Every start and restart of Apache goes through here, the one place
+    /// that knows what a graceful restart costs: mod_wsgi stops every
+    /// daemon of every site at once (requests being answered or queued on
+    /// a daemon's socket fail with a 500, new ones wait until the daemons
+    /// are forked again, seconds with hundreds of them). So the node
+    /// restarts Apache only when its configuration changed: at the first
+    /// start, when the pool grows, never when the node itself restarts.
+    async fn restart(&self, cmd: Command, prog: &str, verb: &str) -> Result<()> {
+        let started = Instant::now();
+        let out = run_captured(cmd, prog).await;
+        if verb != "start" {
+            tracing::info!(
+                took_ms = started.elapsed().as_millis() as u64,
+                "Apache {verb}: every site's daemons restart"
+            );
+        }
+        out?;
         Ok(())
     }
 
     /// Grows the pool: every daemon restarts (a graceful restart), which is
     /// why the pool is sized ahead and grows in blocks.
     pub async fn resize(&self, cells: Vec<Option<Account>>) -> Result<()> {
+        self.start(cells).await
+    }
+
+    /// A graceful restart even when the configuration is unchanged: mod_md
+    /// puts the certificates it obtained in use only at a restart.
+    pub async fn restart_for_certificates(&self, cells: Vec<Option<Account>>) -> Result<()> {
+        self.forget_applied();
         self.start(cells).await
     }
 
@@ -794,13 +875,23 @@ impl Apache {
     /// Clears a slot's pointer; the daemons that may have loaded it become
     /// suspects, to be replaced before the slot is given anything else.
     pub fn clear_pointer(&self, slot: Slot) -> Result<()> {
+        self.remove_pointer(slot)?;
+        let alive = self.daemons_of(slot);
+        self.suspect(slot, alive);
+        Ok(())
+    }
+
+    fn remove_pointer(&self, slot: Slot) -> Result<()> {
         let ptr = self.layout.slot_pointer(&slot.to_string());
         match std::fs::remove_file(&ptr) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", ptr.display())),
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("cannot remove {}", ptr.display())),
         }
-        let alive = self.daemons_of(slot);
+    }
+
+    /// The daemons alive when a slot's pointer went may have loaded it.
+    fn suspect(&self, slot: Slot, alive: Vec<Daemon>) {
         self.watch(|w| {
             let st = w.entry(slot).or_default();
             if st.pointer_set {
@@ -809,15 +900,51 @@ impl Apache {
                 st.signalled = None;
             }
         });
-        Ok(())
     }
 
     /// At start, the node cannot know what the slots that hold neither a
     /// live nor a previous release loaded before (a deploy in flight when
     /// it stopped): their pointers go, and their daemons are suspects.
-    pub fn forget(&self, slot: Slot) -> Result<()> {
-        self.watch(|w| w.entry(slot).or_default().pointer_set = true);
-        self.clear_pointer(slot)
+    /// One look at the processes for them all: a node restarting with
+    /// hundreds of sites has thousands of slots and processes.
+    pub fn forget(&self, slots: &[Slot]) -> Result<()> {
+        for &slot in slots {
+            self.watch(|w| w.entry(slot).or_default().pointer_set = true);
+            self.remove_pointer(slot)?;
+        }
+        let mut alive = self.all_daemons();
+        for &slot in slots {
+            self.suspect(slot, alive.remove(&slot).unwrap_or_default());
+        }
+        Ok(())
+    }
+
+    /// Every daemon of our Apache, by slot, from one scan of /proc.
+    fn all_daemons(&self) -> HashMap<Slot, Vec<Daemon>> {
+        let mut out: HashMap<Slot, Vec<Daemon>> = HashMap::new();
+        let Some(parent) = self.parent_pid() else {
+            return out;
+        };
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return out;
+        };
+        for pid in entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        {
+            let Some((d, ppid)) = stat_of(pid) else {
+                continue;
+            };
+            if ppid != parent {
+                continue;
+            }
+            if let Some(slot) = slot_named(pid)
+                && is_daemon(d, parent, slot, self.slot_uid(slot))
+            {
+                out.entry(slot).or_default().push(d);
+            }
+        }
+        out
     }
 
     /// Retires whatever a slot holds: its pointer is cleared first, so the
@@ -931,18 +1058,68 @@ impl Apache {
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return Vec::new();
         };
-        entries
+        // Hundreds of sites make thousands of processes: on a root node each
+        // is first judged by its owner (one stat(2), the cheapest thing
+        // /proc answers), then by its stat line, and only Apache's children
+        // named for this slot are read further (owner, name, again).
+        use std::os::unix::fs::MetadataExt;
+        let mut named = self.named.lock().unwrap_or_else(|e| e.into_inner());
+        let mut seen = HashSet::new();
+        let found = entries
             .flatten()
+            .filter(|e| uid.is_none_or(|u| e.metadata().is_ok_and(|m| m.uid() == u)))
             .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter_map(daemon_info)
-            .filter(|(d, ppid, _, _)| *ppid == parent && is_daemon(*d, parent, slot, uid))
-            .map(|(d, ..)| d)
-            .collect()
+            .filter_map(|pid| stat_of(pid).filter(|(_, ppid)| *ppid == parent))
+            .filter(|(d, _)| {
+                seen.insert(*d);
+                // A daemon's name is set once, just after its fork: learnt
+                // once (a name not yet set is read again next time).
+                let of = match named.get(d) {
+                    Some(s) => Some(*s),
+                    None => {
+                        let s = slot_named(d.pid);
+                        if let Some(s) = s {
+                            named.insert(*d, s);
+                        }
+                        s
+                    }
+                };
+                of == Some(slot) && is_daemon(*d, parent, slot, uid)
+            })
+            .map(|(d, _)| d)
+            .collect();
+        // Only the processes looked at are known to be alive or gone; the
+        // rest is a hint, bounded (a pid's start time changes with the
+        // process, so a stale entry never names a new one).
+        named.retain(|d, s| *s != slot || seen.contains(d));
+        if named.len() > 65_536 {
+            named.clear();
+        }
+        found
     }
 
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.cfg.request_timeout)
     }
+}
+
+/// A process (pid and start time) and its parent, from its stat line.
+fn stat_of(pid: u32) -> Option<(Daemon, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ppid = rest.get(1)?.parse().ok()?;
+    let start = rest.get(19)?.parse().ok()?;
+    Some((Daemon { pid, start }, ppid))
+}
+
+/// The slot a process's name says it serves (`(wsgi:tc_s012)`), if any;
+/// only a hint, which is_daemon confirms.
+fn slot_named(pid: u32) -> Option<Slot> {
+    let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let rest = cmdline.strip_prefix(b"(wsgi:tc_")?;
+    let end = rest.iter().position(|&b| b == b')')?;
+    let name = std::str::from_utf8(&rest[..end]).ok()?;
+    Slot::try_from(name.to_string()).ok()
 }
 
 /// A process's start time, parent and uid, from /proc.
@@ -972,6 +1149,19 @@ fn is_daemon(d: Daemon, parent: u32, slot: Slot, uid: Option<u32>) -> bool {
         && ppid == parent
         && uid.is_none_or(|u| u == owner)
         && cmdline.starts_with(format!("(wsgi:tc_{slot})").as_bytes())
+}
+
+/// The digest of a configuration: each file's path and text.
+fn config_digest(files: &[(PathBuf, String)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (path, text) in files {
+        h.update(path.as_os_str().as_encoded_bytes());
+        h.update([0]);
+        h.update(text.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
 }
 
 fn free_port(want: SocketAddr) -> Result<SocketAddr> {

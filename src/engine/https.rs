@@ -200,7 +200,7 @@ impl Engine {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        self.apache.resize(accounts).await
+        self.apache.restart_for_certificates(accounts).await
     }
 
     /// Wakes the watcher: the names may have changed.

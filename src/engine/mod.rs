@@ -310,9 +310,12 @@ impl Engine {
             .map(|p| p.slot.cell(cell_size))
             .chain(owners.keys().copied())
             .max();
+        // The size the pool grew to while the node ran (growth is a
+        // function of the size alone, so the same steps give the same pool
+        // and a restarted node finds Apache's configuration unchanged).
         let mut cells = cfg.apache.cells;
         while highest.is_some_and(|h| h >= cells) {
-            cells += cfg.apache.cells;
+            cells = pool::grown(cells, cfg.apache.cells);
         }
         let domains = crate::domains::Domains::load(&cfg.sites, layout.domains_file())?;
         Ok(Engine {
@@ -458,11 +461,11 @@ impl Engine {
         };
         let accounts = self.ensure_accounts(cells).await?;
         self.prepare_logs(&accounts);
-        for slot in slots {
-            if !live_slots.contains(&slot) {
-                self.apache.forget(slot)?;
-            }
-        }
+        let idle: Vec<Slot> = slots
+            .into_iter()
+            .filter(|s| !live_slots.contains(s))
+            .collect();
+        self.apache.forget(&idle)?;
         create_dir(&self.layout.apache_dir(), 0o711, None)?;
         // Sites that have a database find it running before they serve; a
         // cluster that will not start must not keep the other sites down.
@@ -519,7 +522,7 @@ impl Engine {
                     }
                     return Ok(cell);
                 }
-                st.pool.cells() + self.cfg.apache.cells
+                pool::grown(st.pool.cells(), self.cfg.apache.cells)
             };
             progress.say(format!(
                 "-----> every cell of the pool is taken: growing it to {grow_to} cells (restarts Apache gracefully)"

@@ -59,3 +59,33 @@ fn a_second_node_on_the_same_data_dir_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another node is running on"), "{err}");
 }
+
+/// A node that restarts (systemd after a crash) finds its Apache serving
+/// the configuration it would write: it must not restart Apache, which
+/// would restart every site's daemons (their requests in flight fail, and
+/// with hundreds of sites every site stalls for seconds).
+#[test]
+fn a_restarted_node_leaves_every_daemon_running() {
+    let mut node = Node::start();
+    let app = App::plain("blog", 1, "unused\n");
+    app.file(
+        "main.py",
+        "import os\n\ndef application(environ, start_response):\n    body = str(os.getpid()).encode()\n    start_response('200 OK', [('Content-Type', 'text/plain')])\n    return [body]\n",
+    );
+    node.deploy("blog", &app).success();
+    let daemon = node.body("blog.localhost");
+    assert!(daemon.parse::<u32>().is_ok(), "{daemon}");
+
+    node.kill9();
+    node.spawn();
+    node.wait_logged("Apache runs the current configuration already: not restarted");
+    assert_eq!(
+        node.body("blog.localhost"),
+        daemon,
+        "the live daemon was restarted with the node"
+    );
+    // The node still drives the pool it found: a deploy goes live.
+    app.set_plain("blog", 1, "after the restart\n");
+    node.deploy("blog", &app).success();
+    assert_eq!(node.body("blog.localhost"), "after the restart\n");
+}
