@@ -807,11 +807,28 @@ impl Apache {
         let Some(pid) = self.parent_pid() else {
             return Ok(());
         };
+        // mod_wsgi daemons that miss their stop signal (one sent while a
+        // daemon was still starting) outlive Apache, holding sockets and the
+        // log pipe: whichever of Apache's children is still there once the
+        // parent is gone is killed.
+        let children = children_of(pid);
         let (cmd, prog) = self.ctl(&["-k", "stop"]);
         run_captured(cmd, &prog).await?;
         let deadline = Instant::now() + Duration::from_secs(20);
         while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let left: Vec<Daemon> = children
+            .into_iter()
+            .filter(|d| stat_of(d.pid).is_some_and(|(now, _)| now == *d))
+            .collect();
+        if !left.is_empty() {
+            tracing::warn!("killing {} process(es) Apache left behind", left.len());
+            for d in left {
+                // SAFETY: a plain kill(2) of a process we just saw alive,
+                // with the start time Apache's child had.
+                unsafe { libc::kill(d.pid as i32, libc::SIGKILL) };
+            }
         }
         Ok(())
     }
@@ -1101,6 +1118,20 @@ impl Apache {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.cfg.request_timeout)
     }
+}
+
+/// The processes whose parent is `parent`, from one scan of /proc.
+fn children_of(parent: u32) -> Vec<Daemon> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(stat_of)
+        .filter(|(_, ppid)| *ppid == parent)
+        .map(|(d, _)| d)
+        .collect()
 }
 
 /// A process (pid and start time) and its parent, from its stat line.

@@ -372,15 +372,45 @@ impl Drop for Node {
             );
         }
         self.stop();
-        // A node killed with -9 leaves its Apache running.
+        // A node killed with -9 leaves its Apache running; a mod_wsgi
+        // daemon that missed the stop signal outlives it: killed too.
         if let Some(pid) = self.apache_pid() {
+            let children = children_of(pid);
             unsafe { libc::kill(pid, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(20);
             while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
+            let conf = self.data.join("apache/httpd.conf");
+            for child in children {
+                // Still this node's daemon (not a recycled pid)?
+                let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+                let ours = cmdline.starts_with(b"(wsgi:")
+                    && String::from_utf8_lossy(&cmdline).contains(&*conf.to_string_lossy());
+                if ours {
+                    unsafe { libc::kill(child, libc::SIGKILL) };
+                }
+            }
         }
     }
+}
+
+/// The pids whose parent is `parent`.
+fn children_of(parent: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
 }
 
 /// Writes a node config as an admin would: readable by its owner only
