@@ -117,7 +117,13 @@ impl Front {
 
     /// Renders the front's configuration: mod_md's directives, the status
     /// listener, one TLS vhost per name proxying to `backend`.
-    fn render(&self, plan: &md::Plan, status: SocketAddr, backend: SocketAddr, secret: &str) -> String {
+    fn render(
+        &self,
+        plan: &md::Plan,
+        status: SocketAddr,
+        backend: SocketAddr,
+        secret: &str,
+    ) -> String {
         let user = if unsafe { libc::geteuid() } == 0 {
             "User www-data\nGroup www-data\n"
         } else {

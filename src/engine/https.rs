@@ -220,11 +220,7 @@ impl Engine {
         let r = self
             .https
             .front
-            .apply(
-                &plan,
-                self.apache.backend_addr(),
-                self.apache.front_token(),
-            )
+            .apply(&plan, self.apache.backend_addr(), self.apache.front_token())
             .await;
         let certified = if r.is_ok() {
             plan.certified.clone()
