@@ -422,6 +422,26 @@ fn a_plain_http_request_cannot_claim_https_or_a_client_address() {
 }
 
 #[test]
+fn a_tls_front_that_cannot_start_leaves_the_sites_on_http_with_its_error() {
+    let pebble = Pebble::start();
+    // Another program holds the TLS port.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let tls = taken.local_addr().unwrap().port();
+    let node = Node::start_with(&pebble.https_toml(tls));
+    node.deploy("blog.example.test", &App::plain("blog", 1, "blog\n"))
+        .success();
+    assert_eq!(node.body("blog.example.test"), "blog\n");
+    node.wait_logged("the TLS front did not start: every name stays on HTTP");
+    let listing = node_cmd(&node, &["domains", "blog.example.test"]);
+    let line = line_of(&listing.success().stdout, "blog.example.test");
+    assert!(
+        line.contains("HTTP only: the TLS front does not run") && line.contains("in use"),
+        "{line}"
+    );
+    drop(taken);
+}
+
+#[test]
 fn aliases_redirect_or_serve_over_plain_http_with_https_off() {
     let node = Node::start_with(
         r#"
