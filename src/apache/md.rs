@@ -81,6 +81,11 @@ pub fn render_to_https(plan: &Plan, map: &Path, front_header: &str) -> String {
   RewriteCond "%{{HTTP:{front_header}}}|${{tcsecret:front}}" "^([0-9a-f]{{32}})\|\1$"
   RewriteRule ^ - [E=HTTPS:on,E=TC_FRONT:1,E=TC_CLIENT:%{{HTTP:X-Forwarded-For}}]
   RequestHeader unset {front_header}
+  # A client's own X-Forwarded-* claims never reach an app (one that trusts
+  # X-Forwarded-Proto would take plain HTTP for HTTPS); the front's do.
+  RequestHeader unset X-Forwarded-Proto env=!TC_FRONT
+  RequestHeader unset X-Forwarded-For env=!TC_FRONT
+  RequestHeader unset X-Forwarded-Host env=!TC_FRONT
   RewriteMap tchttps "txt:{map}"
   RewriteCond %{{ENV:TC_CHECK}} !=1
   RewriteCond %{{ENV:TC_FRONT}} !=1

@@ -441,7 +441,14 @@ impl Engine {
             None
         };
         let store = self.layout.md_store();
-        let front_error = self.https.front.error();
+        // Apache's words come on several lines; a listing row holds one.
+        let front_error = self.https.front.error().map(|e| {
+            e.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
         let cert = |name: &str| -> String {
             if !self.cfg.https.enabled {
                 return "HTTP only (HTTPS is off on this node)".to_string();

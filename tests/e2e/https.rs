@@ -360,7 +360,8 @@ fn environ_app() -> App {
          start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
          words = [environ['wsgi.url_scheme'], environ.get('REMOTE_ADDR', '-'),\n             \
          environ.get('HTTPS', '-'), environ.get('HTTP_X_TOPPCLOUD_FRONT', '-'),\n             \
-         environ.get('TC_CLIENT', '-')]\n    \
+         environ.get('TC_CLIENT', '-'), environ.get('HTTP_X_FORWARDED_PROTO', '-'),\n             \
+         environ.get('HTTP_X_FORWARDED_FOR', '-')]\n    \
          return [(' '.join(words) + '\\n').encode()]\n",
     );
     app
@@ -375,7 +376,7 @@ fn an_app_behind_https_sees_https_and_the_clients_address() {
     // Through the front: HTTPS and curl's address, whatever curl claims.
     assert_eq!(
         n.wait_https("env.example.test", 200).body,
-        "https 127.0.0.1 on - -\n"
+        "https 127.0.0.1 on - - https 127.0.0.1\n"
     );
     let a = Request::get(&format!("https://env.example.test:{}/", n.tls))
         .resolve(&format!("env.example.test:{}:127.0.0.1", n.tls))
@@ -383,7 +384,7 @@ fn an_app_behind_https_sees_https_and_the_clients_address() {
         .header("X-Forwarded-For", "203.0.113.9")
         .header("X-Toppcloud-Front", &"0".repeat(32))
         .send();
-    assert_eq!(a.body, "https 127.0.0.1 on - -\n");
+    assert_eq!(a.body, "https 127.0.0.1 on - - https 127.0.0.1\n");
 }
 
 #[test]
@@ -409,7 +410,7 @@ fn a_plain_http_request_cannot_claim_https_or_a_client_address() {
             .header("X-Forwarded-For", "203.0.113.9")
             .send();
         assert_eq!(a.code, 200, "{name}: {}", a.body);
-        assert_eq!(a.body, "http 127.0.0.1 - - -\n", "{name}: {value}");
+        assert_eq!(a.body, "http 127.0.0.1 - - - - -\n", "{name}: {value}");
     }
     // The name with a certificate redirects to HTTPS, claim or not.
     let a = node
