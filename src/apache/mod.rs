@@ -373,6 +373,10 @@ impl Apache {
             .replace(
                 "{{SECRETS}}",
                 &self.layout.apache_secrets().display().to_string(),
+            )
+            .replace(
+                "{{TLS_SUFFIX}}",
+                &https.as_ref().map(|p| p.port_suffix()).unwrap_or_default(),
             );
         // HTTPS is the TLS front's (see `front`); here only what marks its
         // requests and sends plain HTTP to it.

@@ -364,6 +364,7 @@ fn environ_app() -> App {
          environ.get('HTTP_X_FORWARDED_FOR', '-')]\n    \
          return [(' '.join(words) + '\\n').encode()]\n",
     );
+    app.file("static/docs/index.html", "docs\n");
     app
 }
 
@@ -385,6 +386,14 @@ fn an_app_behind_https_sees_https_and_the_clients_address() {
         .header("X-Toppcloud-Front", &"0".repeat(32))
         .send();
     assert_eq!(a.body, "https 127.0.0.1 on - - https 127.0.0.1\n");
+    // A static directory's redirect stays on HTTPS.
+    let a = n.https("env.example.test", "/docs?x=1");
+    assert_eq!(a.code, 301, "{}", a.body);
+    assert_eq!(
+        a.location(),
+        format!("https://env.example.test:{}/docs/?x=1", n.tls)
+    );
+    assert_eq!(n.https("env.example.test", "/docs/").body, "docs\n");
 }
 
 #[test]
