@@ -49,6 +49,9 @@ pub struct Front {
     status_token: String,
     /// Why the front is not running, when it failed to start.
     error: Mutex<Option<String>>,
+    /// One (re)start at a time: the node's start and the certificate
+    /// watcher may both ask.
+    applying: tokio::sync::Mutex<()>,
 }
 
 impl Front {
@@ -60,6 +63,7 @@ impl Front {
             status: Mutex::new(None),
             status_token: hex::encode(rand::random::<[u8; 16]>()),
             error: Mutex::new(None),
+            applying: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -161,6 +165,7 @@ impl Front {
     /// in-flight requests finish). On failure the error is kept for
     /// `domains` and returned.
     pub async fn apply(&self, plan: &md::Plan, backend: SocketAddr, secret: &str) -> Result<()> {
+        let _one = self.applying.lock().await;
         let r = self.try_apply(plan, backend, secret).await;
         self.set_error(r.as_ref().err().map(|e| format!("{e:#}")));
         r

@@ -294,6 +294,37 @@ pub fn describe(status: Option<&DomainStatus>, in_use: bool, last_error: Option<
 mod tests {
     use super::*;
 
+    fn plan(port: u16) -> Plan {
+        Plan {
+            cfg: HttpsConfig::default(),
+            listen: SocketAddr::from(([0, 0, 0, 0], port)),
+            names: BTreeMap::from([("a.example.test".to_string(), false)]),
+            certified: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn the_front_takes_tls_alpn_challenges_on_its_port_alone() {
+        let text = render_directives(&plan(8443), Path::new("/md"));
+        assert!(text.contains("MDCAChallenges tls-alpn-01\n"), "{text}");
+        assert!(text.contains("MDPortMap 80:- 443:8443\n"), "{text}");
+        assert!(text.contains("MDomain a.example.test\n"), "{text}");
+        let text = render_directives(&plan(443), Path::new("/md"));
+        assert!(!text.contains("MDPortMap"), "{text}");
+    }
+
+    #[test]
+    fn only_the_fronts_secret_through_the_map_makes_a_request_https() {
+        let text = render_to_https(&plan(8443), Path::new("/https.map"), "X-Toppcloud-Front");
+        assert!(text.contains("${tcsecret:front}"), "{text}");
+        assert!(text.contains("E=HTTPS:on,E=TC_FRONT:1"), "{text}");
+        assert!(text.contains("RequestHeader unset X-Forwarded-Proto env=!TC_FRONT"));
+        assert!(
+            text.contains("https://%{SERVER_NAME}:8443/$1 [R=301,L]"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn md_status_is_read() {
         let text = r#"{"version":"2.6.10","managed-domains":[
