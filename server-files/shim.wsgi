@@ -7,6 +7,7 @@
 # never asks this script what it holds: it tracks daemons through the OS, as
 # the app shares this interpreter and could make it answer anything.
 import importlib.util
+import ipaddress
 import os
 import site
 import stat
@@ -115,7 +116,26 @@ def _load():
     return app
 
 
+def _from_front(environ):
+    """A request the node's TLS front handed on: Apache set TC_FRONT only
+    for one from loopback that carried the front's secret (a client can set
+    no such variable, only HTTP_* ones). The app sees HTTPS and the client's
+    address the front sent (X-Forwarded-For, which the front writes
+    itself)."""
+    environ["wsgi.url_scheme"] = "https"
+    environ["HTTPS"] = "on"
+    client = environ.pop("TC_CLIENT", "").split(",")[-1].strip()
+    try:
+        environ["REMOTE_ADDR"] = str(ipaddress.ip_address(client))
+    except ValueError:
+        pass
+
+
 def application(environ, start_response):
+    if environ.get("TC_FRONT") == "1":
+        _from_front(environ)
+    else:
+        environ.pop("TC_CLIENT", None)
     check = environ.get("TC_CHECK") == "1"
     app = _app
     if app is None:

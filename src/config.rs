@@ -107,7 +107,8 @@ pub struct HttpsConfig {
     /// The roots the CA's own TLS certificate is checked against (a test
     /// CA's); default: the system's.
     pub ca_root: Option<PathBuf>,
-    /// Where Apache serves HTTPS. In private mode port 0 picks a free port.
+    /// Where the TLS front serves HTTPS. In private mode port 0 picks a
+    /// free port.
     pub listen: SocketAddr,
 }
 

@@ -1,9 +1,10 @@
 //! HTTPS through Apache's own mod_md: the node names the domains, mod_md
 //! obtains and renews their certificates from the ACME CA in the
-//! background, and a graceful restart puts each new certificate in use.
+//! background, and a graceful restart of the TLS front (`front.rs`) puts
+//! each new certificate in use.
 //!
 //! Each certified name is its own managed domain (MD) with its own TLS
-//! virtual host (same rules, same route map as the plain one): a name the
+//! virtual host in the front (proxying to the sites' Apache): a name the
 //! CA refuses then holds back no other name, and adding an alias does not
 //! re-issue the site's main certificate.
 
@@ -39,8 +40,9 @@ impl Plan {
     }
 }
 
-/// mod_md's directives (server-wide) and one `MDomain` per name.
-pub fn render_directives(plan: &Plan, store: &Path, http_port: u16) -> String {
+/// mod_md's directives (server-wide, in the TLS front) and one `MDomain`
+/// per name.
+pub fn render_directives(plan: &Plan, store: &Path) -> String {
     let c = &plan.cfg;
     let mut out = String::from("# HTTPS: certificates by mod_md (ACME)\n");
     out.push_str(&format!("MDStoreDir \"{}\"\n", store.display()));
@@ -52,11 +54,14 @@ pub fn render_directives(plan: &Plan, store: &Path, http_port: u16) -> String {
     if let Some(root) = &c.ca_root {
         out.push_str(&format!("MDCACertificateFile \"{}\"\n", root.display()));
     }
-    // Without it mod_md refuses every challenge when Apache listens on
-    // other ports than the public 80 and 443 (a dev node, tests).
+    // The front listens on the TLS port alone: the CA's challenge comes
+    // there (tls-alpn-01). Without the map mod_md refuses every challenge
+    // when the front listens on another port than the public 443 (a dev
+    // node, tests).
+    out.push_str("MDCAChallenges tls-alpn-01\n");
     let tls = plan.listen.port();
-    if http_port != 80 || tls != 443 {
-        out.push_str(&format!("MDPortMap 80:{http_port} 443:{tls}\n"));
+    if tls != 443 {
+        out.push_str(&format!("MDPortMap 80:- 443:{tls}\n"));
     }
     for name in plan.names.keys() {
         out.push_str(&format!("MDomain {name}\n"));
@@ -64,25 +69,43 @@ pub fn render_directives(plan: &Plan, store: &Path, http_port: u16) -> String {
     out
 }
 
-/// The plain vhost's part: names with a certificate answer 301 to HTTPS
-/// (mod_md answers ACME's http-01 challenges before any of this runs; the
-/// node's own checks stay on HTTP), and mod_md's status for the node.
-pub fn render_to_https(plan: &Plan, map: &Path, check_header: &str) -> String {
+/// The sites' Apache's part. A request from the TLS front (from loopback,
+/// with the front secret, compared through the secrets map) is HTTPS for
+/// the app (`HTTPS=on`, and the shim gives it the client's address the
+/// front sent); any other request's claim is ignored. Plain HTTP answers
+/// 301 to HTTPS for names with a certificate in use (the node's own checks
+/// stay on HTTP).
+pub fn render_to_https(plan: &Plan, map: &Path, front_header: &str) -> String {
     format!(
-        r#"  RewriteMap tchttps "txt:{map}"
-  RewriteCond %{{REMOTE_ADDR}} ^127\.
-  RewriteCond "%{{HTTP:{check_header}}}|${{tcsecret:check}}" "^([0-9a-f]{{32}})\|\1$"
-  RewriteRule ^/\.toppcloud/md-status$ - [E=TC_MDSTATUS:1,L]
+        r#"  RewriteCond %{{REMOTE_ADDR}} ^127\.
+  RewriteCond "%{{HTTP:{front_header}}}|${{tcsecret:front}}" "^([0-9a-f]{{32}})\|\1$"
+  RewriteRule ^ - [E=HTTPS:on,E=TC_FRONT:1,E=TC_CLIENT:%{{HTTP:X-Forwarded-For}}]
+  RequestHeader unset {front_header}
+  # A client's own X-Forwarded-* claims never reach an app (one that trusts
+  # X-Forwarded-Proto would take plain HTTP for HTTPS); the front's do.
+  RequestHeader unset X-Forwarded-Proto env=!TC_FRONT
+  RequestHeader unset X-Forwarded-For env=!TC_FRONT
+  RequestHeader unset X-Forwarded-Host env=!TC_FRONT
+  RewriteMap tchttps "txt:{map}"
   RewriteCond %{{ENV:TC_CHECK}} !=1
+  RewriteCond %{{ENV:TC_FRONT}} !=1
   RewriteCond %{{REQUEST_URI}} !^/\.well-known/acme-challenge/
   RewriteCond ${{tchttps:%{{SERVER_NAME}}|no}} =yes
   RewriteRule ^/?(.*)$ https://%{{SERVER_NAME}}{port}/$1 [R=301,L]
-  <Location "/.toppcloud/md-status">
-    SetHandler md-status
-    Require env TC_MDSTATUS
-  </Location>
 "#,
         map = map.display(),
+        port = plan.port_suffix(),
+    )
+}
+
+/// The sites' Apache's part, before its own alias redirect: an alias that
+/// redirects answers a request from the front with an HTTPS URL.
+pub fn render_front_redirect(plan: &Plan) -> String {
+    format!(
+        r#"  RewriteCond %{{ENV:TC_FRONT}} =1
+  RewriteCond %{{ENV:TC_SLOT}} ^redirect:(.+)$
+  RewriteRule ^/?(.*)$ https://%1{port}/$1 [R=301,L]
+"#,
         port = plan.port_suffix(),
     )
 }
@@ -270,6 +293,37 @@ pub fn describe(status: Option<&DomainStatus>, in_use: bool, last_error: Option<
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn plan(port: u16) -> Plan {
+        Plan {
+            cfg: HttpsConfig::default(),
+            listen: SocketAddr::from(([0, 0, 0, 0], port)),
+            names: BTreeMap::from([("a.example.test".to_string(), false)]),
+            certified: BTreeSet::new(),
+        }
+    }
+
+    #[test]
+    fn the_front_takes_tls_alpn_challenges_on_its_port_alone() {
+        let text = render_directives(&plan(8443), Path::new("/md"));
+        assert!(text.contains("MDCAChallenges tls-alpn-01\n"), "{text}");
+        assert!(text.contains("MDPortMap 80:- 443:8443\n"), "{text}");
+        assert!(text.contains("MDomain a.example.test\n"), "{text}");
+        let text = render_directives(&plan(443), Path::new("/md"));
+        assert!(!text.contains("MDPortMap"), "{text}");
+    }
+
+    #[test]
+    fn only_the_fronts_secret_through_the_map_makes_a_request_https() {
+        let text = render_to_https(&plan(8443), Path::new("/https.map"), "X-Toppcloud-Front");
+        assert!(text.contains("${tcsecret:front}"), "{text}");
+        assert!(text.contains("E=HTTPS:on,E=TC_FRONT:1"), "{text}");
+        assert!(text.contains("RequestHeader unset X-Forwarded-Proto env=!TC_FRONT"));
+        assert!(
+            text.contains("https://%{SERVER_NAME}:8443/$1 [R=301,L]"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn md_status_is_read() {

@@ -4,6 +4,7 @@
 //! loaded into and switched between.
 
 pub mod forward;
+pub mod front;
 pub mod md;
 pub mod probe;
 pub mod routes;
@@ -129,6 +130,8 @@ pub struct Apache {
     /// Marks the requests Apache hands to the node to load a release
     /// (written into the same root-only config).
     load_token: String,
+    /// Marks the requests the TLS front hands on (see `front`).
+    front_token: String,
     /// The node's HTTP door, where Apache sends hosts that route to `load`.
     load_door: Mutex<Option<SocketAddr>>,
     /// The account of each pool cell (None: the node's own user).
@@ -172,6 +175,7 @@ impl Apache {
             listen: Mutex::new(listen),
             check_token: hex::encode(rand::random::<[u8; 16]>()),
             load_token: hex::encode(rand::random::<[u8; 16]>()),
+            front_token: hex::encode(rand::random::<[u8; 16]>()),
             load_door: Mutex::new(None),
             accounts: Mutex::new(Vec::new()),
             watch: Mutex::new(HashMap::new()),
@@ -186,26 +190,19 @@ impl Apache {
         *self.https.lock().unwrap_or_else(|e| e.into_inner()) = plan;
     }
 
-    fn https_plan(&self) -> Option<md::Plan> {
-        self.https.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    /// The secret the TLS front marks its requests with.
+    pub fn front_token(&self) -> &str {
+        &self.front_token
     }
 
-    /// What mod_md says of every managed domain (its `md-status`
-    /// handler, reached from loopback with the node's secret).
-    pub async fn md_status(&self) -> Result<md::Status> {
-        let extra = [format!("{CHECK_HEADER}: {}", self.check_token)];
-        let r = probe::get(
-            self.probe_addr(),
-            "toppcloud.invalid",
-            "/.toppcloud/md-status",
-            &extra,
-            Duration::from_secs(5),
-        )
-        .await?;
-        if r.status != 200 {
-            bail!("mod_md's status answered {}", r.status);
-        }
-        serde_json::from_str(&r.body).context("mod_md's status is not what the node expects")
+    /// Where the TLS front hands requests on: the plain listener, on
+    /// loopback.
+    pub fn backend_addr(&self) -> SocketAddr {
+        self.probe_addr()
+    }
+
+    fn https_plan(&self) -> Option<md::Plan> {
+        self.https.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Daemons per cell: a site's live, previous and spare slots.
@@ -309,27 +306,12 @@ impl Apache {
                 wsgi.display()
             );
         }
-        if self.cfg.mode == ApacheMode::Private && self.https_plan().is_some() {
-            for m in ["mod_ssl.so", "mod_md.so"] {
-                let path = self.cfg.modules_dir.join(m);
-                if !path.exists() {
-                    bail!(
-                        "[https] is enabled but {} is missing (Debian's apache2 package has it)\n{INSTALL_HINT}",
-                        path.display()
-                    );
-                }
-            }
-        }
         if self.cfg.mode == ApacheMode::System {
-            let mut modules = vec!["wsgi", "rewrite", "headers", "proxy", "proxy_http"];
-            if self.https_plan().is_some() {
-                modules.extend(["ssl", "md"]);
-            }
-            for m in modules {
+            for m in ["wsgi", "rewrite", "headers", "proxy", "proxy_http"] {
                 let load = self.cfg.config_dir.join(format!("mods-enabled/{m}.load"));
                 if !load.exists() {
                     bail!(
-                        "Apache module {m} is not enabled in {}\nhint: a2enmod wsgi rewrite headers proxy proxy_http ssl md",
+                        "Apache module {m} is not enabled in {}\nhint: a2enmod wsgi rewrite headers proxy proxy_http",
                         self.cfg.config_dir.display()
                     );
                 }
@@ -390,20 +372,32 @@ impl Apache {
             .replace(
                 "{{SECRETS}}",
                 &self.layout.apache_secrets().display().to_string(),
+            )
+            .replace(
+                "{{TLS_SUFFIX}}",
+                &https.as_ref().map(|p| p.port_suffix()).unwrap_or_default(),
             );
-        // The one vhost's rules serve plain HTTP and every TLS vhost alike.
+        // HTTPS is the TLS front's (see `front`); here only what marks its
+        // requests and sends plain HTTP to it.
+        let (to_https, front_redirect) = match &https {
+            None => (String::new(), String::new()),
+            Some(plan) => (
+                md::render_to_https(plan, &self.layout.https_map(), front::FRONT_HEADER),
+                md::render_front_redirect(plan),
+            ),
+        };
         let start = text.find("<VirtualHost ").unwrap_or(0);
         let end = text
             .find("</VirtualHost>")
             .map(|i| i + "</VirtualHost>".len())
             .unwrap_or(text.len());
         let block = &text[start..end];
-        let vhost = |addr: &str, name: &str, tls: &str, to_https: &str, scheme, port: &str| {
+        let vhost = |addr: &str, name: &str, to_https: &str, scheme, port: &str| {
             block
                 .replace("{{VHOST}}", addr)
                 .replace("{{SERVER_NAME}}", name)
-                .replace("{{TLS}}", tls)
                 .replace("{{TO_HTTPS}}", to_https)
+                .replace("{{FRONT_REDIRECT}}", &front_redirect)
                 .replace("{{SCHEME}}", scheme)
                 .replace("{{PORT_SUFFIX}}", port)
         };
@@ -411,43 +405,14 @@ impl Apache {
             80 => String::new(),
             p => format!(":{p}"),
         };
-        let (directives, to_https, tls_vhosts) = match &https {
-            None => (String::new(), String::new(), String::new()),
-            Some(plan) => {
-                let to_https = md::render_to_https(plan, &self.layout.https_map(), CHECK_HEADER);
-                let addr = format!("*:{}", plan.listen.port());
-                let suffix = plan.port_suffix();
-                let mut tls = String::new();
-                for (name, hsts) in &plan.names {
-                    tls.push('\n');
-                    tls.push_str(&vhost(
-                        &addr,
-                        name,
-                        &md::render_tls(*hsts),
-                        "",
-                        "https",
-                        &suffix,
-                    ));
-                    tls.push('\n');
-                }
-                (
-                    md::render_directives(plan, &self.layout.md_store(), http_port),
-                    to_https,
-                    tls,
-                )
-            }
-        };
         let plain = vhost(
             &format!("*:{http_port}"),
             "toppcloud.invalid",
-            "",
             &to_https,
             "http",
             &http_suffix,
         );
         format!("{}{plain}{}", &text[..start], &text[end..])
-            .replace("{{MD}}", &directives)
-            .replace("{{TLS_VHOSTS}}", &tls_vhosts)
     }
 
     /// The `CustomLog` that pipes every request line, its slot first, into
@@ -483,27 +448,12 @@ impl Apache {
         } else {
             ""
         };
-        let (tls_listen, tls_modules) = match self.https_plan() {
-            Some(plan) => (
-                format!("Listen {}\n", plan.listen),
-                format!(
-                    "LoadModule socache_shmcb_module {m}/mod_socache_shmcb.so\n\
-                     LoadModule ssl_module {m}/mod_ssl.so\n\
-                     LoadModule md_module {m}/mod_md.so\n\
-                     SSLSessionCache \"shmcb:run/ssl_scache(512000)\"\n",
-                    m = self.cfg.modules_dir.display()
-                ),
-            ),
-            None => (String::new(), String::new()),
-        };
         HTTPD_CONF
             .replace(
                 "{{SERVER_ROOT}}",
                 &self.layout.apache_dir().display().to_string(),
             )
             .replace("{{LISTEN}}", &self.listen().to_string())
-            .replace("{{TLS_LISTEN}}", &tls_listen)
-            .replace("{{TLS_MODULES}}", &tls_modules)
             .replace("{{USER_GROUP}}", user)
             .replace("{{MODULES}}", &self.cfg.modules_dir.display().to_string())
             .replace("{{SITES_CONF}}", &self.sites_conf().display().to_string())
@@ -533,10 +483,12 @@ impl Apache {
             }
             crate::atomic::write_mode(&path, text.as_bytes(), 0o644)?;
         }
-        if let Some(plan) = self.https_plan() {
+        // The node writes the certified names once the TLS front serves
+        // them; until then plain HTTP redirects no name.
+        if self.https_plan().is_some() && !self.layout.https_map().exists() {
             crate::atomic::write_mode(
                 &self.layout.https_map(),
-                md::render_map(&plan.certified).as_bytes(),
+                md::render_map(&Default::default()).as_bytes(),
                 0o644,
             )?;
         }
@@ -554,7 +506,10 @@ impl Apache {
     /// mod_rewrite re-reads it when it changes: a node that keeps a running
     /// Apache replaces the secrets without a restart.
     fn write_secrets(&self) -> Result<()> {
-        let mut text = format!("check {}\nload {}\n", self.check_token, self.load_token);
+        let mut text = format!(
+            "check {}\nload {}\nfront {}\n",
+            self.check_token, self.load_token, self.front_token
+        );
         // Hosts of kept releases no slot holds go to the node, which loads
         // them; without a door (an engine run without one) they get a 503.
         if let Some(door) = *self.load_door.lock().unwrap_or_else(|e| e.into_inner()) {
@@ -789,13 +744,6 @@ impl Apache {
     /// Grows the pool: every daemon restarts (a graceful restart), which is
     /// why the pool is sized ahead and grows in blocks.
     pub async fn resize(&self, cells: Vec<Option<Account>>) -> Result<()> {
-        self.start(cells).await
-    }
-
-    /// A graceful restart even when the configuration is unchanged: mod_md
-    /// puts the certificates it obtained in use only at a restart.
-    pub async fn restart_for_certificates(&self, cells: Vec<Option<Account>>) -> Result<()> {
-        self.forget_applied();
         self.start(cells).await
     }
 

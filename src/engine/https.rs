@@ -10,7 +10,11 @@
 //! own checks use them there).
 //!
 //! Restarts: mod_md reads its domains only at a (graceful) restart, and
-//! puts a new certificate in use only at the next one. The watcher checks
+//! puts a new certificate in use only at the next one. mod_md runs in the
+//! TLS front (`apache::front`), the only Apache restarted for
+//! certificates: the sites' Apache, whose mod_wsgi daemons a restart would
+//! stop, learns which names redirect to HTTPS from `https.map`, which
+//! mod_rewrite re-reads when it changes. The watcher checks
 //! four times a second while a name waits for its certificate (every 30 s
 //! when every name has one) whether the names changed or mod_md holds a
 //! finished certificate not yet in use; it waits a moment for more names
@@ -23,10 +27,11 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use super::Engine;
 use super::state::SiteState;
+use crate::apache::front::Front;
 use crate::apache::md;
 use crate::apache::routes::Route;
 use crate::domains::Domains;
@@ -56,11 +61,11 @@ pub fn alias_routes(site: &SiteName, st: &SiteState, domains: &Domains) -> Vec<(
         .collect()
 }
 
-/// What the watcher knows between its rounds.
-#[derive(Default)]
+/// What the watcher knows between its rounds, and the TLS front.
 pub struct Watch {
     inner: Mutex<WatchState>,
     wake: tokio::sync::Notify,
+    front: Front,
 }
 
 #[derive(Default)]
@@ -86,6 +91,14 @@ const BUSY_TICK: Duration = Duration::from_millis(250);
 const MAX_WAIT: Duration = Duration::from_secs(20);
 
 impl Watch {
+    pub fn new(cfg: &crate::config::ApacheConfig, layout: crate::layout::Layout) -> Watch {
+        Watch {
+            inner: Mutex::default(),
+            wake: tokio::sync::Notify::new(),
+            front: Front::new(cfg, layout),
+        }
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut WatchState) -> T) -> T {
         f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
     }
@@ -156,6 +169,9 @@ impl Engine {
         if !self.cfg.https.enabled {
             return None;
         }
+        if !self.https.front.running() {
+            return None;
+        }
         let store = self.layout.md_store();
         if !store
             .join("domains")
@@ -191,16 +207,45 @@ impl Engine {
         Ok(())
     }
 
-    /// One graceful restart with the current names and certificates.
+    /// Starts the TLS front with the current names and certificates, or
+    /// restarts it gracefully; then plain HTTP redirects the names it
+    /// serves with a certificate. A front that fails leaves every name on
+    /// HTTP, the error in the log and in `domains`.
+    pub(super) async fn apply_front(&self) -> Result<()> {
+        let Some(plan) = self.https_plan()? else {
+            return Ok(());
+        };
+        let names = plan.names.keys().cloned().collect();
+        self.https.with(|w| w.applied = names);
+        let r = self
+            .https
+            .front
+            .apply(&plan, self.apache.backend_addr(), self.apache.front_token())
+            .await;
+        let certified = if r.is_ok() {
+            plan.certified.clone()
+        } else {
+            BTreeSet::new()
+        };
+        crate::atomic::write_mode(
+            &self.layout.https_map(),
+            md::render_map(&certified).as_bytes(),
+            0o644,
+        )?;
+        r.context("the TLS front did not start: every name stays on HTTP")
+    }
+
+    /// Stops the TLS front (the node stops).
+    pub(super) async fn stop_front(&self) {
+        if let Err(e) = self.https.front.stop().await {
+            tracing::warn!("stopping the TLS front: {e:#}");
+        }
+    }
+
+    /// One graceful restart of the TLS front with the current names and
+    /// certificates.
     async fn restart_for_https(&self) -> Result<()> {
-        let _growth = self.pool_growth.lock().await;
-        self.prepare_https()?;
-        let accounts = self
-            .accounts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        self.apache.restart_for_certificates(accounts).await
+        self.apply_front().await
     }
 
     /// Wakes the watcher: the names may have changed.
@@ -245,7 +290,7 @@ impl Engine {
         let renamed = self.https.with(|w| w.applied != names);
         let mut restart = renamed;
         if pending || ask_md || restart || self.https.with(|w| w.owed_since.is_some()) {
-            match self.apache.md_status().await {
+            match self.https.front.md_status().await {
                 Ok(status) => {
                     // mod_md obtains one name after another, and a restart
                     // starts its work over: so the restart that puts a
@@ -291,7 +336,7 @@ impl Engine {
             let started = std::time::Instant::now();
             self.restart_for_https().await?;
             tracing::info!(
-                "https: Apache restarted gracefully for new names or certificates in {:?}",
+                "https: the TLS front restarted gracefully for new names or certificates in {:?}",
                 started.elapsed()
             );
         }
@@ -391,17 +436,28 @@ impl Engine {
             )
         };
         let status = if self.cfg.https.enabled {
-            self.apache.md_status().await.ok()
+            self.https.front.md_status().await.ok()
         } else {
             None
         };
         let store = self.layout.md_store();
+        // Apache's words come on several lines; a listing row holds one.
+        let front_error = self.https.front.error().map(|e| {
+            e.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ")
+        });
         let cert = |name: &str| -> String {
             if !self.cfg.https.enabled {
                 return "HTTP only (HTTPS is off on this node)".to_string();
             }
             if !deployed {
                 return "no certificate until the site is deployed".to_string();
+            }
+            if let Some(e) = &front_error {
+                return format!("HTTP only: the TLS front does not run: {e}");
             }
             let s = status
                 .as_ref()

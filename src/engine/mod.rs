@@ -278,6 +278,7 @@ impl Engine {
     /// release dir that never went live, a staging area.
     pub fn open(cfg: NodeConfig) -> Result<Engine> {
         let layout = Layout::new(cfg.data_dir.clone());
+        let https = https::Watch::new(&cfg.apache, layout.clone());
         let mut sites = BTreeMap::new();
         if let Ok(entries) = std::fs::read_dir(layout.sites_dir()) {
             for e in entries.flatten() {
@@ -328,7 +329,7 @@ impl Engine {
                 sites,
                 domains,
             }),
-            https: https::Watch::default(),
+            https,
             accounts: Mutex::new(Vec::new()),
             turns: Mutex::new(HashMap::new()),
             pool_growth: tokio::sync::Mutex::new(()),
@@ -475,6 +476,9 @@ impl Engine {
         apache::routes::write(&self.layout.routes_map(), &routes)?;
         self.prepare_https()?;
         self.apache.start(accounts).await?;
+        if let Err(e) = self.apply_front().await {
+            tracing::error!("https: {e:#}");
+        }
         let sites: Vec<SiteName> = self.state().sites.keys().cloned().collect();
         for site in sites {
             self.collect_venvs(&site);
@@ -585,6 +589,9 @@ impl Engine {
     }
 
     pub async fn stop(&self) {
+        if self.cfg.apache.mode == crate::config::ApacheMode::Private {
+            self.stop_front().await;
+        }
         if let Err(e) = self.apache.stop().await {
             tracing::warn!("stopping Apache: {e:#}");
         }

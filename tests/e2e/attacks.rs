@@ -551,8 +551,8 @@ fn an_app_cannot_find_the_nodes_secrets_in_its_own_memory() {
     }
     assert_eq!(
         halves.matches("('").count(),
-        2,
-        "check and load secrets: {secrets}"
+        3,
+        "check, load and TLS front secrets: {secrets}"
     );
     let app = python_app(
         "spy",

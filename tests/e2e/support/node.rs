@@ -322,14 +322,6 @@ impl Node {
         v
     }
 
-    fn apache_pid(&self) -> Option<i32> {
-        std::fs::read_to_string(self.data.join("apache/run/httpd.pid"))
-            .ok()?
-            .trim()
-            .parse()
-            .ok()
-    }
-
     /// Asks the node to stop (SIGTERM), without waiting.
     pub fn signal_stop(&self) {
         if let Some(c) = &self.child {
@@ -372,9 +364,16 @@ impl Drop for Node {
             );
         }
         self.stop();
-        // A node killed with -9 leaves its Apache running; a mod_wsgi
-        // daemon that missed the stop signal outlives it: killed too.
-        if let Some(pid) = self.apache_pid() {
+        // A node killed with -9 leaves its Apache (and its TLS front)
+        // running; a mod_wsgi daemon that missed the stop signal outlives
+        // Apache: killed too.
+        for pid_file in ["apache/run/httpd.pid", "apache/front/run/httpd.pid"] {
+            let Some(pid) = std::fs::read_to_string(self.data.join(pid_file))
+                .ok()
+                .and_then(|t| t.trim().parse::<i32>().ok())
+            else {
+                continue;
+            };
             let children = children_of(pid);
             unsafe { libc::kill(pid, libc::SIGTERM) };
             let deadline = Instant::now() + Duration::from_secs(20);
