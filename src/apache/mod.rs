@@ -170,12 +170,12 @@ impl Apache {
     pub fn new(cfg: ApacheConfig, layout: Layout) -> Apache {
         let listen = cfg.listen;
         Apache {
+            front_token: kept_front_token(&layout),
             cfg,
             layout,
             listen: Mutex::new(listen),
             check_token: hex::encode(rand::random::<[u8; 16]>()),
             load_token: hex::encode(rand::random::<[u8; 16]>()),
-            front_token: hex::encode(rand::random::<[u8; 16]>()),
             load_door: Mutex::new(None),
             accounts: Mutex::new(Vec::new()),
             watch: Mutex::new(HashMap::new()),
@@ -1066,6 +1066,22 @@ impl Apache {
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.cfg.request_timeout)
     }
+}
+
+/// The TLS front's secret from the node's last run, else a new one. A
+/// front outlives a node that restarts (it runs no site code; a node that
+/// finds it serving leaves it), and its requests must keep counting as
+/// HTTPS in the sites' Apache: with a new secret they would be answered
+/// with a redirect to HTTPS until the front took the new one.
+fn kept_front_token(layout: &Layout) -> String {
+    std::fs::read_to_string(layout.apache_secrets())
+        .ok()
+        .and_then(|map| {
+            map.lines()
+                .find_map(|l| l.strip_prefix("front ").map(str::to_string))
+        })
+        .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()))
 }
 
 /// The processes whose parent is `parent`, from one scan of /proc.
