@@ -58,6 +58,24 @@ impl Identity {
             Some(patterns) => patterns.iter().any(|p| site_matches(p, site.as_str())),
         }
     }
+
+    /// What a site that is not there is refused with, in the same words as
+    /// one this key may not use: a key learns nothing of other sites.
+    pub fn not_found(&self, site: &SiteName) -> String {
+        format!(
+            "site {site} not found, or this key ({}) may not use it",
+            self.name
+        )
+    }
+
+    /// None when this key may use `site`; else the refusal, logged.
+    pub fn refusal(&self, site: &SiteName) -> Option<String> {
+        if self.may_use(site) {
+            return None;
+        }
+        tracing::info!(key = %self.name, site = %site, "refused: key not allowed on site");
+        Some(self.not_found(site))
+    }
 }
 
 fn site_matches(pattern: &str, site: &str) -> bool {

@@ -337,16 +337,11 @@ impl Connection {
             Err(message) => return self.refuse(ch, session, &message),
         };
         if let Report::Releases { site, .. } = &report {
-            let not_found = format!(
-                "site {site} not found, or this key ({}) may not use it",
-                identity.name
-            );
-            if !identity.may_use(site) {
-                tracing::info!(key = %identity.name, site = %site, "refused: key not allowed on site");
-                return self.refuse(ch, session, &not_found);
+            if let Some(refused) = identity.refusal(site) {
+                return self.refuse(ch, session, &refused);
             }
             if self.shared.engine.releases_report(site).is_none() {
-                return self.refuse(ch, session, &not_found);
+                return self.refuse(ch, session, &identity.not_found(site));
             }
         }
         let Some(channel) = self.channels.remove(&ch) else {
@@ -396,13 +391,8 @@ impl Connection {
             Err(message) => return self.refuse(ch, session, &message),
         };
         let site = &logs.site;
-        let not_found = format!(
-            "site {site} not found, or this key ({}) may not use it",
-            identity.name
-        );
-        if !identity.may_use(site) {
-            tracing::info!(key = %identity.name, site = %site, "refused: key not allowed on site");
-            return self.refuse(ch, session, &not_found);
+        if let Some(refused) = identity.refusal(site) {
+            return self.refuse(ch, session, &refused);
         }
         let kind = if logs.access {
             crate::engine::logs::Kind::Access
@@ -410,7 +400,7 @@ impl Connection {
             crate::engine::logs::Kind::Error
         };
         let Some(path) = self.shared.engine.site_log(site, kind) else {
-            return self.refuse(ch, session, &not_found);
+            return self.refuse(ch, session, &identity.not_found(site));
         };
         let Some(channel) = self.channels.remove(&ch) else {
             return self.refuse(ch, session, "no such channel");
@@ -615,16 +605,11 @@ impl russh::server::Handler for Connection {
         let site = request.site().clone();
         let repo = self.shared.layout.repo(&site);
         // An unknown site and a forbidden one read the same.
-        let not_found = format!(
-            "site {site} not found, or this key ({}) may not use it",
-            identity.name
-        );
-        if !identity.may_use(&site) {
-            tracing::info!(key = %identity.name, site = %site, "refused: key not allowed on site");
-            return self.refuse(ch, session, &not_found);
+        if let Some(refused) = identity.refusal(&site) {
+            return self.refuse(ch, session, &refused);
         }
         if matches!(request, Request::Fetch(_)) && !repo.join("HEAD").exists() {
-            return self.refuse(ch, session, &not_found);
+            return self.refuse(ch, session, &identity.not_found(&site));
         }
         let Some(channel) = self.channels.remove(&ch) else {
             return self.refuse(ch, session, "no such channel");

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::support::{Answer, App, Node, git, run_with_timeout};
+use crate::support::{Answer, App, Node, git, run_with_timeout, url_encode};
 
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
@@ -59,17 +59,6 @@ fn push(node: &Node, key: &Path, site: &str, app: &App) -> crate::support::Run {
     )
     .success();
     git(&app.path, key, &["push", "toppcloud", "main"])
-}
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// The uid every process of the site's slot daemons runs as, from /proc.

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::support::{App, Background, Laptop, Node, Run, run_with_timeout, ssh};
+use crate::support::{App, Background, Laptop, Node, Run, run_with_timeout, ssh, url_encode};
 
 fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
@@ -120,17 +120,6 @@ fn quiet_app() -> App {
         ),
     );
     app
-}
-
-fn url_encode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// What site B's app answers when asked to do `what` to `path`.

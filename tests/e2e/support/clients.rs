@@ -419,3 +419,15 @@ pub fn deploy_id(text: &str) -> String {
         .next_back()
         .unwrap_or_else(|| panic!("no deploy id in:\n{text}"))
 }
+
+/// `s` as one query-string value (paths keep their slashes).
+pub fn url_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
