@@ -874,6 +874,18 @@ mod tests {
         );
     }
 
+    /// The path goes into the node's own request line: nothing in it may
+    /// end that line, add a header or change the target.
+    #[test]
+    fn health_check_cannot_bend_the_nodes_request_line() {
+        for value in ["/a\rX-Evil: 1", "/a\tb", "/a#frag", "/a\\b", "/\u{e9}"] {
+            let text = format!("[production]\napp_name = blog\nhealth_check = {value}\n");
+            let e = err(&text);
+            assert!(e.starts_with("app.ini:3: health_check:"), "{value:?}: {e}");
+            assert!(e.contains("may not contain"), "{value:?}: {e}");
+        }
+    }
+
     #[test]
     fn minimal_file() {
         assert_eq!(ok("[production]\napp_name = blog\n"), minimal());
