@@ -566,6 +566,13 @@ async fn ask_node(flags: &NodeFlags, req: &control::Request) -> Result<String> {
     control::request(&socket, req).await
 }
 
+/// `ask_node`, and the node's answer printed: what most node commands do.
+async fn tell_node(flags: &NodeFlags, req: &control::Request) -> Result<()> {
+    let done = ask_node(flags, req).await?;
+    println!("{done}");
+    Ok(())
+}
+
 fn lifecycle_remote(words: &[String], node: Option<&str>) -> Result<()> {
     remote::check_lifecycle(words)?;
     let node = laptop_node(node)?;
@@ -576,13 +583,9 @@ async fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Node(NodeCommand::Run(flags)) => node::run(flags.resolve_for_run()?).await,
         Command::Node(NodeCommand::Deploy { site, dir, flags }) => {
-            let cfg = flags.resolve()?;
             let dir = std::fs::canonicalize(&dir)
                 .with_context(|| format!("cannot find the app directory {}", dir.display()))?;
-            let socket = Layout::new(cfg.data_dir).control_socket();
-            let done = control::request(&socket, &control::Request::Deploy { site, dir }).await?;
-            println!("{done}");
-            Ok(())
+            tell_node(&flags, &control::Request::Deploy { site, dir }).await
         }
         Command::Node(NodeCommand::Config {
             site,
@@ -612,9 +615,7 @@ async fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Node(NodeCommand::Rollback { site, flags }) => {
-            let done = ask_node(&flags, &control::Request::Rollback { site }).await?;
-            println!("{done}");
-            Ok(())
+            tell_node(&flags, &control::Request::Rollback { site }).await
         }
         Command::Node(NodeCommand::Activate {
             site,
@@ -622,19 +623,13 @@ async fn run(cli: Cli) -> Result<()> {
             flags,
         }) => {
             let req = control::Request::Activate { site, release };
-            let done = ask_node(&flags, &req).await?;
-            println!("{done}");
-            Ok(())
+            tell_node(&flags, &req).await
         }
         Command::Node(NodeCommand::Disable { site, flags }) => {
-            let done = ask_node(&flags, &control::Request::Disable { site }).await?;
-            println!("{done}");
-            Ok(())
+            tell_node(&flags, &control::Request::Disable { site }).await
         }
         Command::Node(NodeCommand::Enable { site, flags }) => {
-            let done = ask_node(&flags, &control::Request::Enable { site }).await?;
-            println!("{done}");
-            Ok(())
+            tell_node(&flags, &control::Request::Enable { site }).await
         }
         Command::Node(NodeCommand::Destroy {
             site,
@@ -648,9 +643,7 @@ async fn run(cli: Cli) -> Result<()> {
                 );
             }
             let req = control::Request::Destroy { site, yes, data };
-            let done = ask_node(&flags, &req).await?;
-            println!("{done}");
-            Ok(())
+            tell_node(&flags, &req).await
         }
         Command::Node(NodeCommand::Status { json, flags }) => {
             let done = ask_node(&flags, &control::Request::Status { json }).await?;

@@ -170,11 +170,13 @@ impl Engine {
         }
         if let Some(s) = &removed {
             let on_demand = s.on_demand.iter().map(|o| &o.placed);
-            for p in [&s.live, &s.prev].into_iter().flatten().chain(on_demand) {
-                if let Err(e) = self.apache.retire(p.slot).await {
-                    tracing::warn!(site = %site, "retiring slot {}: {e:#}", p.slot);
-                }
-            }
+            let held: Vec<_> = [&s.live, &s.prev]
+                .into_iter()
+                .flatten()
+                .chain(on_demand)
+                .map(|p| p.slot)
+                .collect();
+            self.retire_all(site, held).await;
             progress.say(format!("-----> {site}: daemons retired"));
         }
         let keep_files = !data;

@@ -898,14 +898,17 @@ impl Engine {
             .map_err(DeployError::Node)?;
         progress.say(format!("-----> switched {site} to release {target}"));
         self.say_if_disabled(site, progress);
-        if let Some(old) = retire
-            && let Err(e) = self.apache.retire(old).await
-        {
-            tracing::warn!(site = %site, "retiring slot {old}: {e:#}");
-        }
+        self.settle(site, retire).await;
+        Ok(deployed)
+    }
+
+    /// After a switch: the slot of what used to be previous is retired (it
+    /// becomes the next spare), then releases beyond `keep_releases` go,
+    /// with the slots that held them on demand.
+    async fn settle(&self, site: &SiteName, old_prev: Option<Slot>) {
+        self.retire_all(site, old_prev).await;
         let freed = self.prune(site);
         self.retire_all(site, freed).await;
-        Ok(deployed)
     }
 
     /// Makes kept release `id` ready to serve in a slot of the site's
@@ -951,10 +954,7 @@ impl Engine {
         }
         .await;
         if let Err(e) = ready {
-            if let Err(e) = self.apache.retire(slot).await {
-                tracing::warn!(site = %site, "retiring slot {slot}: {e:#}");
-            }
-            self.state().pool.release(slot);
+            self.give_back(site, slot).await;
             return Err(e);
         }
         Ok(slot)
@@ -1082,12 +1082,7 @@ impl Engine {
         };
         if result.is_err() {
             if let Some(slot) = attempt.slot {
-                if let Err(e) = self.apache.retire(slot).await {
-                    tracing::warn!(site = %req.site, "retiring slot {slot}: {e:#}");
-                }
-                // Back to the cell: a daemon still holding something is
-                // replaced before the next deploy's wait_empty gives it out.
-                self.state().pool.release(slot);
+                self.give_back(&req.site, slot).await;
             }
             let _ = std::fs::remove_dir_all(&attempt.release_dir);
         }
@@ -1224,14 +1219,7 @@ impl Engine {
         progress.say(format!("-----> switched {site} to release {id}"));
         self.say_if_disabled(site, progress);
 
-        // Retire what used to be previous; it becomes the next spare.
-        if let Some(old) = retire
-            && let Err(e) = self.apache.retire(old).await
-        {
-            tracing::warn!(site = %site, "retiring slot {old}: {e:#}");
-        }
-        let freed = self.prune(site);
-        self.retire_all(site, freed).await;
+        self.settle(site, retire).await;
         drop(lease);
         self.collect_venvs(site);
         Ok(Deployed {

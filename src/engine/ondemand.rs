@@ -177,10 +177,7 @@ impl Engine {
                     s.on_demand.retain(|o| o.placed.slot != slot);
                 }
             }
-            if let Err(e) = self.apache.retire(slot).await {
-                tracing::warn!(site = %site, "retiring slot {slot}: {e:#}");
-            }
-            self.state().pool.release(slot);
+            self.give_back(site, slot).await;
             return Err(e);
         }
         Ok(slot)
@@ -214,12 +211,20 @@ impl Engine {
     }
 
     /// Retires slots whose on-demand releases no longer route anywhere.
-    pub(super) async fn retire_all(&self, site: &SiteName, slots: Vec<Slot>) {
+    pub(super) async fn retire_all(&self, site: &SiteName, slots: impl IntoIterator<Item = Slot>) {
         for slot in slots {
             if let Err(e) = self.apache.retire(slot).await {
                 tracing::warn!(site = %site, "retiring slot {slot}: {e:#}");
             }
         }
+    }
+
+    /// Retires a slot that was loaded for a release that will not serve,
+    /// and hands it back to the cell: a daemon still holding something is
+    /// replaced before the next deploy's wait_empty gives it out.
+    pub(super) async fn give_back(&self, site: &SiteName, slot: Slot) {
+        self.retire_all(site, [slot]).await;
+        self.state().pool.release(slot);
     }
 
     /// Takes release `id` out of the site's on-demand slots when one holds
