@@ -357,6 +357,7 @@ impl Apache {
         let https = self.https_plan();
         let text = SITES_CONF
             .replace("{{DAEMONS}}", &daemons)
+            .replace("{{BASE}}", &base)
             .replace("{{LOAD_HEADER}}", LOAD_HEADER)
             .replace("{{LOOP_SUFFIX}}", LOOP_SUFFIX)
             .replace("{{DATA_RE}}", &regex_escape(&data))

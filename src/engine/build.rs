@@ -210,7 +210,7 @@ impl Builder {
         self.check_tools()?;
         let base = self.layout.base_venv();
         if base.join(COMPLETE).exists() {
-            return Ok(());
+            return freeze_at_start(&base);
         }
         let _ = std::fs::remove_dir_all(&base);
         let cache = self.node_cache();
@@ -223,6 +223,7 @@ impl Builder {
         run_captured(c, "uv venv").await.map_err(|e| {
             anyhow::anyhow!("{e}\nhint: install uv (provisioning/install-deps does)")
         })?;
+        freeze_at_start(&base)?;
         std::fs::write(base.join(COMPLETE), b"")?;
         open_up(&base)?;
         Ok(())
@@ -505,6 +506,30 @@ fn walk(root: &Path) -> Vec<PathBuf> {
 pub fn venv_key_of(release_dir: &Path) -> Option<String> {
     let target: PathBuf = std::fs::read_link(release_dir.join("venv")).ok()?;
     Some(target.file_name()?.to_string_lossy().into_owned())
+}
+
+/// A `.pth` line in the base venv, run once as Python starts in Apache's
+/// parent (`WSGILazyInitialization Off`): every object made so far moves
+/// out of the collector's sight, so a daemon's first collection does not
+/// write to (and copy) pages it shares with the parent and every other
+/// daemon. Written at each start, so an older base venv gets it too.
+fn freeze_at_start(base: &Path) -> Result<()> {
+    const LINE: &[u8] = b"import gc; gc.freeze()\n";
+    let lib = base.join("lib");
+    let entries =
+        std::fs::read_dir(&lib).with_context(|| format!("cannot read {}", lib.display()))?;
+    for e in entries.flatten() {
+        let site = e.path().join("site-packages");
+        if !site.is_dir() {
+            continue;
+        }
+        let pth = site.join("_toppcloud_freeze.pth");
+        if std::fs::read(&pth).is_ok_and(|b| b == LINE) {
+            continue;
+        }
+        crate::atomic::write_mode(&pth, LINE, 0o644)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
