@@ -408,7 +408,7 @@ impl Default for ApacheConfig {
             mode: ApacheMode::Private,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             cells: 4,
-            cell_size: 4,
+            cell_size: 3,
             account_prefix: "tc-c".into(),
             request_timeout: 60,
             idle_timeout: 600,
