@@ -539,6 +539,24 @@ class Node:
         except (OSError, ValueError):
             return None
 
+    def apache_pids(self):
+        """The parent pids of every Apache of the node's pool: the one
+        clients reach, then one per growth of the pool (apache/shard-K)."""
+        dirs = [os.path.join(self.data_dir, "apache")]
+        try:
+            shards = sorted(d for d in os.listdir(dirs[0]) if d.startswith("shard-"))
+        except OSError:
+            shards = []
+        dirs += [os.path.join(dirs[0], d) for d in shards]
+        pids = []
+        for d in dirs:
+            try:
+                with open(os.path.join(d, "run", "httpd.pid")) as f:
+                    pids.append(int(f.read().strip()))
+            except (OSError, ValueError):
+                pass
+        return pids
+
     def app_dir(self, name):
         return os.path.join(self.apps_dir, name)
 
@@ -579,8 +597,7 @@ class Node:
         """SIGTERM the node and wait (bounded); make sure Apache is gone."""
         if self.proc is None:
             return
-        apache = self.apache_pid()
-        apache_cmd = _cmdline(apache) if apache else ""
+        apaches = [(a, _cmdline(a)) for a in self.apache_pids()]
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -593,8 +610,10 @@ class Node:
                 self.proc.wait(timeout=10)
         elif self.proc.returncode not in (0, None):
             self.warnings.append(f"node had exited with {self.proc.returncode}")
-        # The node stops its Apache; if it did not, clean up (and say so).
-        if apache and self.data_dir in apache_cmd:
+        # The node stops its Apaches; if it did not, clean up (and say so).
+        for apache, apache_cmd in apaches:
+            if self.data_dir not in apache_cmd:
+                continue
             end = time.monotonic() + 10
             while _proc_alive(apache) and self.data_dir in _cmdline(apache):
                 if time.monotonic() >= end:

@@ -124,6 +124,14 @@ def _from_front(environ):
     itself)."""
     environ["wsgi.url_scheme"] = "https"
     environ["HTTPS"] = "on"
+    _client_from(environ)
+
+
+def _client_from(environ):
+    """The client's address as the node's own Apache or TLS front wrote it
+    (TC_CLIENT, set by Apache only for a request carrying their secret):
+    through the front, or from the first Apache to the one that runs this
+    daemon."""
     client = environ.pop("TC_CLIENT", "").split(",")[-1].strip()
     try:
         environ["REMOTE_ADDR"] = str(ipaddress.ip_address(client))
@@ -134,6 +142,8 @@ def _from_front(environ):
 def application(environ, start_response):
     if environ.get("TC_FRONT") == "1":
         _from_front(environ)
+    elif environ.get("TC_HOP") == "1":
+        _client_from(environ)
     else:
         environ.pop("TC_CLIENT", None)
     check = environ.get("TC_CHECK") == "1"

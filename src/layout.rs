@@ -127,6 +127,10 @@ impl Layout {
     pub fn apache_secrets(&self) -> PathBuf {
         self.apache_dir().join("secrets.map")
     }
+    /// Which of the node's other Apaches runs each slot of theirs.
+    pub fn shards_map(&self) -> PathBuf {
+        self.apache_dir().join("shards.map")
+    }
     pub fn routes_map(&self) -> PathBuf {
         self.apache_dir().join("routes.map")
     }

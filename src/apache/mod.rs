@@ -8,8 +8,9 @@ pub mod front;
 pub mod md;
 pub mod probe;
 pub mod routes;
+pub mod shards;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -132,6 +133,10 @@ pub struct Apache {
     load_token: String,
     /// Marks the requests the TLS front hands on (see `front`).
     front_token: String,
+    /// Marks the requests shard 0 hands on to another shard (see `shards`).
+    hop_token: String,
+    /// Where each shard but 0 listens (on loopback).
+    shard_addrs: Mutex<BTreeMap<usize, SocketAddr>>,
     /// The node's HTTP door, where Apache sends hosts that route to `load`.
     load_door: Mutex<Option<SocketAddr>>,
     /// The account of each pool cell (None: the node's own user).
@@ -170,7 +175,9 @@ impl Apache {
     pub fn new(cfg: ApacheConfig, layout: Layout) -> Apache {
         let listen = cfg.listen;
         Apache {
-            front_token: kept_front_token(&layout),
+            front_token: kept_token(&layout, "front"),
+            hop_token: kept_token(&layout, "hop"),
+            shard_addrs: Mutex::new(BTreeMap::new()),
             cfg,
             layout,
             listen: Mutex::new(listen),
@@ -264,32 +271,74 @@ impl Apache {
         }
     }
 
-    fn private_conf(&self) -> PathBuf {
-        self.layout.apache_dir().join("httpd.conf")
+    /// A private instance's ServerRoot: shard 0's is `apache/`, shard K's
+    /// `apache/shard-K/`.
+    fn instance_dir(&self, shard: usize) -> PathBuf {
+        match shard {
+            0 => self.layout.apache_dir(),
+            k => self.layout.apache_dir().join(format!("shard-{k}")),
+        }
     }
 
-    fn sites_conf(&self) -> PathBuf {
-        match self.cfg.mode {
-            ApacheMode::Private => self.layout.apache_dir().join("sites.conf"),
-            ApacheMode::System => self
+    fn private_conf(&self, shard: usize) -> PathBuf {
+        self.instance_dir(shard).join("httpd.conf")
+    }
+
+    fn sites_conf(&self, shard: usize) -> PathBuf {
+        match (shard, self.cfg.mode) {
+            (0, ApacheMode::System) => self
                 .cfg
                 .config_dir
                 .join("sites-available/00-toppcloud.conf"),
+            _ => self.instance_dir(shard).join("sites.conf"),
         }
     }
 
-    fn pid_file(&self) -> PathBuf {
-        match self.cfg.mode {
-            ApacheMode::Private => self.layout.apache_dir().join("run/httpd.pid"),
-            ApacheMode::System => self.cfg.pid_file.clone(),
+    fn pid_file(&self, shard: usize) -> PathBuf {
+        match (shard, self.cfg.mode) {
+            (0, ApacheMode::System) => self.cfg.pid_file.clone(),
+            _ => self.instance_dir(shard).join("run/httpd.pid"),
         }
     }
 
-    /// The pid of Apache's parent process, if it is running.
+    /// The pid of the parent process of the Apache clients reach, if it is
+    /// running.
     pub fn parent_pid(&self) -> Option<u32> {
-        let text = std::fs::read_to_string(self.pid_file()).ok()?;
+        self.shard_pid(0)
+    }
+
+    fn shard_pid(&self, shard: usize) -> Option<u32> {
+        let text = std::fs::read_to_string(self.pid_file(shard)).ok()?;
         let pid: u32 = text.trim().parse().ok()?;
         Path::new(&format!("/proc/{pid}")).exists().then_some(pid)
+    }
+
+    /// The shards the pool's cells make (see `shards`): 0..1 until it grew.
+    fn shard_count(&self) -> usize {
+        let cells = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        shards::bounds(self.cfg.cells, cells).len()
+    }
+
+    /// The shard that runs a slot's daemons.
+    fn shard_of(&self, slot: Slot) -> usize {
+        shards::shard_of(slot.cell(self.cfg.cell_size), self.cfg.cells)
+    }
+
+    /// Where a shard listens: shard 0 as configured, the others on loopback.
+    fn shard_addr(&self, shard: usize) -> Option<SocketAddr> {
+        match shard {
+            0 => Some(self.probe_addr()),
+            k => self
+                .shard_addrs
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&k)
+                .copied(),
+        }
     }
 
     fn check_installed(&self) -> Result<()> {
@@ -320,7 +369,7 @@ impl Apache {
         Ok(())
     }
 
-    fn render_sites(&self) -> String {
+    fn render_sites(&self, shard: usize) -> String {
         let data = self.layout.root().display().to_string();
         let share = self.layout.share_dir().display().to_string();
         let base = self.layout.base_venv().display().to_string();
@@ -330,8 +379,15 @@ impl Apache {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let mine = shards::bounds(self.cfg.cells, accounts.len())
+            .get(shard)
+            .cloned()
+            .unwrap_or(0..0);
         let mut daemons = String::new();
         for (cell, account) in accounts.iter().enumerate() {
+            if !mine.contains(&cell) {
+                continue;
+            }
             // A cell's daemons share its account, fixed here: Apache starts
             // them as that user, so no daemon ever runs another site's code.
             let user = account
@@ -350,11 +406,25 @@ impl Apache {
                 ));
             }
         }
-        let http_port = match self.cfg.mode {
-            ApacheMode::Private => self.listen().port(),
-            ApacheMode::System => self.cfg.listen.port(),
+        let http_port = match (shard, self.cfg.mode) {
+            (0, ApacheMode::Private) => self.listen().port(),
+            (0, ApacheMode::System) => self.cfg.listen.port(),
+            (k, _) => self.shard_addr(k).map(|a| a.port()).unwrap_or(0),
         };
-        let https = self.https_plan();
+        // HTTPS, the access log and the hops to other shards are shard 0's:
+        // the others are reached through it alone.
+        let https = if shard == 0 { self.https_plan() } else { None };
+        let (access_log, hop) = if shard == 0 {
+            (
+                self.access_log_directive(),
+                shards::render_hop(&self.layout.shards_map()),
+            )
+        } else {
+            (
+                "# Requests reach this Apache through the first one, which logs them.".to_string(),
+                String::new(),
+            )
+        };
         let text = SITES_CONF
             .replace("{{DAEMONS}}", &daemons)
             .replace("{{BASE}}", &base)
@@ -367,7 +437,8 @@ impl Apache {
                 "{{ROUTES}}",
                 &self.layout.routes_map().display().to_string(),
             )
-            .replace("{{ACCESS_LOG}}", &self.access_log_directive())
+            .replace("{{ACCESS_LOG}}", &access_log)
+            .replace("{{HOP}}", &hop)
             .replace("{{CHECK_HEADER}}", CHECK_HEADER)
             .replace("{{SLOT_HEADER}}", SLOT_HEADER)
             .replace(
@@ -381,6 +452,7 @@ impl Apache {
         // HTTPS is the TLS front's (see `front`); here only what marks its
         // requests and sends plain HTTP to it.
         let (to_https, front_redirect) = match &https {
+            None if shard > 0 => (shards::render_hop_trust(), String::new()),
             None => (String::new(), String::new()),
             Some(plan) => (
                 md::render_to_https(plan, &self.layout.https_map(), front::FRONT_HEADER),
@@ -442,22 +514,39 @@ impl Apache {
         )
     }
 
-    fn render_httpd(&self) -> String {
+    fn render_httpd(&self, shard: usize) -> String {
         let user = if unsafe { libc::geteuid() } == 0 {
             // Apache refuses to serve as root; apps run as www-data.
             "User www-data\nGroup www-data"
         } else {
             ""
         };
+        let listen = match shard {
+            0 => Some(self.listen()),
+            k => self.shard_addr(k),
+        };
+        // Only the first Apache takes clients' connections; the others
+        // need few workers until shard 0 hands them many requests.
+        let workers = match shard {
+            0 => "",
+            _ => "StartServers 1\nMinSpareThreads 10\nMaxSpareThreads 50",
+        };
         HTTPD_CONF
             .replace(
                 "{{SERVER_ROOT}}",
-                &self.layout.apache_dir().display().to_string(),
+                &self.instance_dir(shard).display().to_string(),
             )
-            .replace("{{LISTEN}}", &self.listen().to_string())
+            .replace(
+                "{{LISTEN}}",
+                &listen.map(|a| a.to_string()).unwrap_or_default(),
+            )
             .replace("{{USER_GROUP}}", user)
+            .replace("{{WORKERS}}", workers)
             .replace("{{MODULES}}", &self.cfg.modules_dir.display().to_string())
-            .replace("{{SITES_CONF}}", &self.sites_conf().display().to_string())
+            .replace(
+                "{{SITES_CONF}}",
+                &self.sites_conf(shard).display().to_string(),
+            )
     }
 
     /// Writes the files Apache reads that come with the binary.
@@ -508,8 +597,8 @@ impl Apache {
     /// Apache replaces the secrets without a restart.
     fn write_secrets(&self) -> Result<()> {
         let mut text = format!(
-            "check {}\nload {}\nfront {}\n",
-            self.check_token, self.load_token, self.front_token
+            "check {}\nload {}\nfront {}\nhop {}\n",
+            self.check_token, self.load_token, self.front_token, self.hop_token
         );
         // Hosts of kept releases no slot holds go to the node, which loads
         // them; without a door (an engine run without one) they get a 503.
@@ -526,16 +615,9 @@ impl Apache {
         crate::atomic::write_owned(&self.layout.apache_secrets(), text.as_bytes(), 0o640, owner)
     }
 
-    fn ctl(&self, args: &[&str]) -> (Command, String) {
-        match self.cfg.mode {
-            ApacheMode::Private => {
-                let mut c = Command::new(&self.cfg.apache2);
-                c.arg("-f").arg(self.private_conf()).args(args);
-                // Apps inherit Apache's environment: give them a clean one.
-                crate::process::clean_env(&mut c);
-                (c, self.cfg.apache2.display().to_string())
-            }
-            ApacheMode::System => {
+    fn ctl(&self, shard: usize, args: &[&str]) -> (Command, String) {
+        match (shard, self.cfg.mode) {
+            (0, ApacheMode::System) => {
                 let mut c = Command::new(&self.cfg.apachectl);
                 c.args(args);
                 if self.cfg.config_dir != Path::new("/etc/apache2") {
@@ -543,41 +625,90 @@ impl Apache {
                 }
                 (c, self.cfg.apachectl.display().to_string())
             }
+            _ => {
+                let mut c = Command::new(&self.cfg.apache2);
+                c.arg("-f").arg(self.private_conf(shard)).args(args);
+                // Apps inherit Apache's environment: give them a clean one.
+                crate::process::clean_env(&mut c);
+                (c, self.cfg.apache2.display().to_string())
+            }
         }
     }
 
-    async fn config_test(&self) -> Result<()> {
-        let (cmd, prog) = self.ctl(&["-t"]);
+    async fn config_test(&self, shard: usize) -> Result<()> {
+        let (cmd, prog) = self.ctl(shard, &["-t"]);
         run_captured(cmd, &prog)
             .await
             .context("Apache refused the generated configuration")?;
         Ok(())
     }
 
-    /// Writes the configuration for a pool of `pool` slots and starts Apache,
-    /// or restarts it gracefully when one is already running (a node that
-    /// crashed leaves its private Apache serving, which is what we want).
+    /// Writes the configuration for a pool of `cells` and starts its
+    /// Apaches, or restarts one gracefully when it runs another
+    /// configuration (a node that crashed leaves them serving, which is
+    /// what we want: one that runs this configuration is left alone).
     pub async fn start(&self, cells: Vec<Option<Account>>) -> Result<()> {
         self.check_installed()?;
         self.write_share()?;
         *self.accounts.lock().unwrap_or_else(|e| e.into_inner()) = cells;
+        // The other shards first: shard 0 hands requests to them.
+        self.start_shards().await?;
         match self.cfg.mode {
-            ApacheMode::Private => self.start_private().await,
+            ApacheMode::Private => self.start_private(0).await,
             ApacheMode::System => self.apply_system().await,
         }
     }
 
-    async fn start_private(&self) -> Result<()> {
-        let dir = self.layout.apache_dir();
+    /// Grows the pool to `cells`: the new cells get an Apache of their own
+    /// (a shard), started beside the others, which keep serving untouched.
+    pub async fn resize(&self, cells: Vec<Option<Account>>) -> Result<()> {
+        *self.accounts.lock().unwrap_or_else(|e| e.into_inner()) = cells;
+        self.start_shards().await
+    }
+
+    /// Starts every shard but 0 that does not run its configuration yet,
+    /// then tells shard 0 where each one's slots are.
+    async fn start_shards(&self) -> Result<()> {
+        for k in 1..self.shard_count() {
+            self.start_private(k)
+                .await
+                .with_context(|| format!("cannot start the pool's Apache number {k}"))?;
+        }
+        let total = self
+            .accounts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .len();
+        let addrs = self
+            .shard_addrs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let map = shards::render_map(self.cfg.cells, self.cfg.cell_size, total, &addrs);
+        let path = self.layout.shards_map();
+        if !std::fs::read(&path).is_ok_and(|b| b == map.as_bytes()) {
+            crate::atomic::write_mode(&path, map.as_bytes(), 0o644)?;
+        }
+        Ok(())
+    }
+
+    /// A private instance: shard 0 in private mode (on `[apache] listen`),
+    /// or another shard (on a loopback port of its own, kept while it runs).
+    async fn start_private(&self, shard: usize) -> Result<()> {
+        let dir = self.instance_dir(shard);
+        crate::dirs::create_dir(&dir, 0o711, None)?;
         // run/ holds mod_wsgi's sockets, which Apache's workers must reach.
         crate::dirs::create_dir(&dir.join("run"), 0o711, None)?;
         crate::dirs::create_dir(&dir.join("logs"), 0o700, None)?;
-        let running = self.parent_pid();
+        let running = self.shard_pid(shard);
         let port_file = dir.join("listen");
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let want = self.cfg.listen;
+            let want = match shard {
+                0 => self.cfg.listen,
+                _ => SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            };
             let addr = if want.port() != 0 {
                 want
             } else if let Some(prev) = running
@@ -588,29 +719,40 @@ impl Apache {
             } else {
                 free_port(want)?
             };
-            *self.listen.lock().unwrap_or_else(|e| e.into_inner()) = addr;
+            match shard {
+                0 => *self.listen.lock().unwrap_or_else(|e| e.into_inner()) = addr,
+                k => {
+                    self.shard_addrs
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(k, addr);
+                }
+            }
             let files = [
-                (self.sites_conf(), self.render_sites()),
-                (self.private_conf(), self.render_httpd()),
+                (self.sites_conf(shard), self.render_sites(shard)),
+                (self.private_conf(shard), self.render_httpd(shard)),
             ];
-            if running.is_some() && self.applied(&files) {
+            if running.is_some() && self.applied(shard, &files) {
                 // A node that restarts finds its Apache serving exactly
                 // this: it keeps serving, no daemon restarts.
-                tracing::info!("Apache runs the current configuration already: not restarted");
-                return self.wait_listening(Duration::from_secs(15)).await;
+                tracing::info!(
+                    shard,
+                    "Apache runs the current configuration already: not restarted"
+                );
+                return self.wait_listening(shard, Duration::from_secs(15)).await;
             }
-            self.forget_applied();
+            self.forget_applied(shard);
             for (path, text) in &files {
                 // Root's alone: Apache reads them as root, before it drops to its workers' account.
                 crate::atomic::write_mode(path, text.as_bytes(), 0o600)?;
             }
-            self.config_test().await?;
+            self.config_test(shard).await?;
             let verb = if running.is_some() {
                 "graceful"
             } else {
                 "start"
             };
-            let (cmd, prog) = self.ctl(&["-k", verb]);
+            let (cmd, prog) = self.ctl(shard, &["-k", verb]);
             match self.restart(cmd, &prog, verb).await {
                 Ok(_) => {}
                 Err(e) if want.port() == 0 && attempts < 5 && e.to_string().contains("in use") => {
@@ -620,8 +762,8 @@ impl Apache {
             }
             std::fs::write(&port_file, addr.to_string())
                 .with_context(|| format!("cannot write {}", port_file.display()))?;
-            match self.wait_listening(Duration::from_secs(15)).await {
-                Ok(()) => return self.record_applied(&files),
+            match self.wait_listening(shard, Duration::from_secs(15)).await {
+                Ok(()) => return self.record_applied(shard, &files),
                 Err(_) if want.port() == 0 && attempts < 5 && running.is_none() => {
                     // Lost a race for the port: Apache exits at bind time.
                     continue;
@@ -631,24 +773,25 @@ impl Apache {
         }
     }
 
-    async fn wait_listening(&self, limit: Duration) -> Result<()> {
+    async fn wait_listening(&self, shard: usize, limit: Duration) -> Result<()> {
         let deadline = Instant::now() + limit;
         loop {
-            if self.parent_pid().is_some()
-                && tokio::net::TcpStream::connect(self.probe_addr())
-                    .await
-                    .is_ok()
+            if let Some(addr) = self.shard_addr(shard)
+                && self.shard_pid(shard).is_some()
+                && tokio::net::TcpStream::connect(addr).await.is_ok()
             {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                let log = self.layout.apache_dir().join("logs/error.log");
+                let log = self.instance_dir(shard).join("logs/error.log");
                 let tail = std::fs::read_to_string(&log)
                     .map(|t| t.lines().rev().take(5).collect::<Vec<_>>().join("\n"))
                     .unwrap_or_default();
                 bail!(
                     "Apache did not start listening on {} within {limit:?}\n{tail}",
-                    self.listen()
+                    self.shard_addr(shard)
+                        .map(|a| a.to_string())
+                        .unwrap_or_default()
                 );
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
@@ -658,15 +801,15 @@ impl Apache {
     /// System mode: write our site file into Debian's Apache, test the whole
     /// configuration, and restore the previous file if the test fails.
     async fn apply_system(&self) -> Result<()> {
-        let file = self.sites_conf();
-        let rendered = self.render_sites();
+        let file = self.sites_conf(0);
+        let rendered = self.render_sites(0);
         let enabled = self.cfg.config_dir.join("sites-enabled/00-toppcloud.conf");
         let files = [(file.clone(), rendered.clone())];
-        if self.parent_pid().is_some() && enabled.exists() && self.applied(&files) {
+        if self.parent_pid().is_some() && enabled.exists() && self.applied(0, &files) {
             tracing::info!("Apache runs the current configuration already: not restarted");
             return Ok(());
         }
-        self.forget_applied();
+        self.forget_applied(0);
         let old = std::fs::read(&file).ok();
         let dir = file.parent().context("sites-available has no parent")?;
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
@@ -675,7 +818,7 @@ impl Apache {
             std::os::unix::fs::symlink("../sites-available/00-toppcloud.conf", &enabled)
                 .with_context(|| format!("cannot enable {}", enabled.display()))?;
         }
-        if let Err(e) = self.config_test().await {
+        if let Err(e) = self.config_test(0).await {
             match old {
                 Some(bytes) => crate::atomic::write_mode(&file, &bytes, 0o600)?,
                 None => {
@@ -690,36 +833,40 @@ impl Apache {
         } else {
             "start"
         };
-        let (cmd, prog) = self.ctl(&[verb]);
+        let (cmd, prog) = self.ctl(0, &[verb]);
         self.restart(cmd, &prog, verb)
             .await
             .with_context(|| format!("apache2ctl {verb} failed"))?;
-        self.record_applied(&files)
+        self.record_applied(0, &files)
     }
 
     /// Whether the running Apache was (re)started on exactly these files:
     /// their digest was recorded after it, and they are still on disk.
     /// A node that wrote a configuration and died before Apache took it
     /// left no record, so the next start restarts Apache.
-    fn applied(&self, files: &[(PathBuf, String)]) -> bool {
+    fn applied(&self, shard: usize, files: &[(PathBuf, String)]) -> bool {
         let on_disk = files
             .iter()
             .all(|(path, text)| std::fs::read(path).is_ok_and(|b| b == text.as_bytes()));
         on_disk
-            && std::fs::read_to_string(self.applied_file())
+            && std::fs::read_to_string(self.applied_file(shard))
                 .is_ok_and(|d| d.trim() == config_digest(files))
     }
 
-    fn record_applied(&self, files: &[(PathBuf, String)]) -> Result<()> {
-        crate::atomic::write_mode(&self.applied_file(), config_digest(files).as_bytes(), 0o600)
+    fn record_applied(&self, shard: usize, files: &[(PathBuf, String)]) -> Result<()> {
+        crate::atomic::write_mode(
+            &self.applied_file(shard),
+            config_digest(files).as_bytes(),
+            0o600,
+        )
     }
 
-    fn forget_applied(&self) {
-        let _ = std::fs::remove_file(self.applied_file());
+    fn forget_applied(&self, shard: usize) {
+        let _ = std::fs::remove_file(self.applied_file(shard));
     }
 
-    fn applied_file(&self) -> PathBuf {
-        self.layout.apache_dir().join("applied.sha256")
+    fn applied_file(&self, shard: usize) -> PathBuf {
+        self.instance_dir(shard).join("applied.sha256")
     }
 
     /// Every start and restart of Apache goes through here, the one place
@@ -742,41 +889,44 @@ impl Apache {
         Ok(())
     }
 
-    /// Grows the pool: every daemon restarts (a graceful restart), which is
-    /// why the pool is sized ahead and grows in blocks.
-    pub async fn resize(&self, cells: Vec<Option<Account>>) -> Result<()> {
-        self.start(cells).await
-    }
-
     /// Stops the private instance and waits for its parent to exit.
     pub async fn stop(&self) -> Result<()> {
         if self.cfg.mode != ApacheMode::Private {
+            // Debian's Apache and the shards beside it keep serving while
+            // the node is away.
             return Ok(());
         }
-        let Some(pid) = self.parent_pid() else {
-            return Ok(());
-        };
-        // mod_wsgi daemons that miss their stop signal (one sent while a
-        // daemon was still starting) outlive Apache, holding sockets and the
-        // log pipe: whichever of Apache's children is still there once the
-        // parent is gone is killed.
-        let children = children_of(pid);
-        let (cmd, prog) = self.ctl(&["-k", "stop"]);
-        run_captured(cmd, &prog).await?;
+        // Every shard is told first, then waited for: they stop together.
+        let mut stopping = Vec::new();
+        for shard in (0..self.shard_count()).rev() {
+            let Some(pid) = self.shard_pid(shard) else {
+                continue;
+            };
+            // mod_wsgi daemons that miss their stop signal (one sent while
+            // a daemon was still starting) outlive Apache, holding sockets
+            // and the log pipe: whichever of Apache's children is still
+            // there once the parent is gone is killed.
+            let children = children_of(pid);
+            let (cmd, prog) = self.ctl(shard, &["-k", "stop"]);
+            run_captured(cmd, &prog).await?;
+            stopping.push((pid, children));
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
-        while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        let left: Vec<Daemon> = children
-            .into_iter()
-            .filter(|d| stat_of(d.pid).is_some_and(|(now, _)| now == *d))
-            .collect();
-        if !left.is_empty() {
-            tracing::warn!("killing {} process(es) Apache left behind", left.len());
-            for d in left {
-                // SAFETY: a plain kill(2) of a process we just saw alive,
-                // with the start time Apache's child had.
-                unsafe { libc::kill(d.pid as i32, libc::SIGKILL) };
+        for (pid, children) in stopping {
+            while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            let left: Vec<Daemon> = children
+                .into_iter()
+                .filter(|d| stat_of(d.pid).is_some_and(|(now, _)| now == *d))
+                .collect();
+            if !left.is_empty() {
+                tracing::warn!("killing {} process(es) Apache left behind", left.len());
+                for d in left {
+                    // SAFETY: a plain kill(2) of a process we just saw alive,
+                    // with the start time Apache's child had.
+                    unsafe { libc::kill(d.pid as i32, libc::SIGKILL) };
+                }
             }
         }
         Ok(())
@@ -803,7 +953,13 @@ impl Apache {
             format!("{CHECK_HEADER}: {}", self.check_token),
             format!("{SLOT_HEADER}: {slot}"),
         ];
-        Ok(probe::get(self.probe_addr(), host, path, &extra, timeout).await?)
+        // Straight to the Apache that runs the slot (shard 0 hands no
+        // check on).
+        let shard = self.shard_of(slot);
+        let addr = self.shard_addr(shard).with_context(|| {
+            format!("the Apache of slot {slot} (number {shard}) is not running")
+        })?;
+        Ok(probe::get(addr, host, path, &extra, timeout).await?)
     }
 
     /// A client's request through Apache, once the node has loaded the
@@ -885,12 +1041,15 @@ impl Apache {
         Ok(())
     }
 
-    /// Every daemon of our Apache, by slot, from one scan of /proc.
+    /// Every daemon of our Apaches, by slot, from one scan of /proc.
     fn all_daemons(&self) -> HashMap<Slot, Vec<Daemon>> {
         let mut out: HashMap<Slot, Vec<Daemon>> = HashMap::new();
-        let Some(parent) = self.parent_pid() else {
+        let parents: HashMap<u32, usize> = (0..self.shard_count())
+            .filter_map(|k| Some((self.shard_pid(k)?, k)))
+            .collect();
+        if parents.is_empty() {
             return out;
-        };
+        }
         let Ok(entries) = std::fs::read_dir("/proc") else {
             return out;
         };
@@ -901,11 +1060,12 @@ impl Apache {
             let Some((d, ppid)) = stat_of(pid) else {
                 continue;
             };
-            if ppid != parent {
+            let Some(&shard) = parents.get(&ppid) else {
                 continue;
-            }
+            };
             if let Some(slot) = slot_named(pid)
-                && is_daemon(d, parent, slot, self.slot_uid(slot))
+                && self.shard_of(slot) == shard
+                && is_daemon(d, ppid, slot, self.slot_uid(slot))
             {
                 out.entry(slot).or_default().push(d);
             }
@@ -927,7 +1087,7 @@ impl Apache {
     /// or ignore the polite signal; it only delays its own site).
     fn signal_suspects(&self, slot: Slot) -> Result<()> {
         let parent = self
-            .parent_pid()
+            .shard_pid(self.shard_of(slot))
             .context("Apache is not running: no pid file")?;
         let grace = self.request_timeout() + Duration::from_secs(5);
         let (suspects, signalled) = self.watch(|w| {
@@ -1017,7 +1177,7 @@ impl Apache {
     /// The slot's daemons, from /proc: children of our Apache parent named
     /// for the slot (and, on a root node, running as its cell's account).
     pub fn daemons_of(&self, slot: Slot) -> Vec<Daemon> {
-        let Some(parent) = self.parent_pid() else {
+        let Some(parent) = self.shard_pid(self.shard_of(slot)) else {
             return Vec::new();
         };
         let uid = self.slot_uid(slot);
@@ -1074,12 +1234,14 @@ impl Apache {
 /// finds it serving leaves it), and its requests must keep counting as
 /// HTTPS in the sites' Apache: with a new secret they would be answered
 /// with a redirect to HTTPS until the front took the new one.
-fn kept_front_token(layout: &Layout) -> String {
+/// The same holds for the hop secret: shards outlive a node that restarts.
+fn kept_token(layout: &Layout, name: &str) -> String {
+    let prefix = format!("{name} ");
     std::fs::read_to_string(layout.apache_secrets())
         .ok()
         .and_then(|map| {
             map.lines()
-                .find_map(|l| l.strip_prefix("front ").map(str::to_string))
+                .find_map(|l| l.strip_prefix(prefix.as_str()).map(str::to_string))
         })
         .filter(|t| t.len() == 32 && t.bytes().all(|b| b.is_ascii_hexdigit()))
         .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()))

@@ -529,7 +529,7 @@ impl Engine {
                 pool::grown(st.pool.cells(), self.cfg.apache.cells)
             };
             progress.say(format!(
-                "-----> every cell of the pool is taken: growing it to {grow_to} cells (restarts Apache gracefully)"
+                "-----> every cell of the pool is taken: growing it to {grow_to} cells (one more Apache; none restarts)"
             ));
             let accounts = self.ensure_accounts(grow_to).await?;
             self.apache.resize(accounts).await?;

@@ -9,15 +9,8 @@ use std::time::Instant;
 use crate::apache::Slot;
 use crate::names::SiteName;
 
-/// The pool's next size when a site finds no free cell: at least `step`
-/// (`[apache] cells`) more, and half as many again as it has. Each growth
-/// restarts every daemon of every site (a graceful restart of Apache), so
-/// a growing node pays it a few times (4 -> 8 -> 12 -> 18 -> 27 -> ... ->
-/// 303: 11 times for 300 sites instead of 75), for at most a third of the
-/// pool idle.
-pub fn grown(cells: usize, step: usize) -> usize {
-    cells + step.max(cells / 2).max(1)
-}
+/// Each growth is one more Apache (see `apache::shards`).
+pub use crate::apache::shards::grown;
 
 #[derive(Debug)]
 pub struct SlotPool {
@@ -133,21 +126,6 @@ mod tests {
         p.grow(3);
         assert_eq!(p.assign(&site("c")), Some(2));
         assert_eq!(p.slots().len(), 9);
-    }
-
-    #[test]
-    fn the_pool_grows_by_half_its_size_at_least_by_its_step() {
-        assert_eq!(grown(4, 4), 8);
-        assert_eq!(grown(8, 4), 12);
-        assert_eq!(grown(12, 4), 18);
-        assert_eq!(grown(2, 2), 4);
-        let mut c = 4;
-        let mut steps = 0;
-        while c < 300 {
-            c = grown(c, 4);
-            steps += 1;
-        }
-        assert!(steps <= 12, "{steps} growths to reach {c}");
     }
 
     #[test]

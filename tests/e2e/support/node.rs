@@ -367,8 +367,20 @@ impl Drop for Node {
         // A node killed with -9 leaves its Apache (and its TLS front)
         // running; a mod_wsgi daemon that missed the stop signal outlives
         // Apache: killed too.
-        for pid_file in ["apache/run/httpd.pid", "apache/front/run/httpd.pid"] {
-            let Some(pid) = std::fs::read_to_string(self.data.join(pid_file))
+        // The pool's other Apaches (one per growth) too.
+        let shards = std::fs::read_dir(self.data.join("apache"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("shard-"))
+            .map(|e| e.path().join("run/httpd.pid"));
+        let pid_files: Vec<PathBuf> = ["apache/run/httpd.pid", "apache/front/run/httpd.pid"]
+            .iter()
+            .map(|p| self.data.join(p))
+            .chain(shards)
+            .collect();
+        for pid_file in pid_files {
+            let Some(pid) = std::fs::read_to_string(&pid_file)
                 .ok()
                 .and_then(|t| t.trim().parse::<i32>().ok())
             else {
@@ -380,7 +392,7 @@ impl Drop for Node {
             while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let conf = self.data.join("apache/httpd.conf");
+            let conf = self.data.join("apache");
             for child in children {
                 // Still this node's daemon (not a recycled pid)?
                 let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
