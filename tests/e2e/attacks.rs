@@ -524,7 +524,9 @@ fn a_config_holding_secrets_that_others_can_read_is_refused() {
 #[test]
 fn an_app_cannot_find_the_nodes_secrets_in_its_own_memory() {
     root_only!();
-    let node = Node::start();
+    // One cell to start with: the second spy runs in a grown part of the
+    // pool, whose Apache is handed every request with the hop secret.
+    let node = Node::start_with("[apache]\ncells = 1\n");
     let secrets = std::fs::read_to_string(node.data.join("apache/secrets.map"))
         .expect("the node's secrets map");
     let mut halves = String::new();
@@ -540,8 +542,8 @@ fn an_app_cannot_find_the_nodes_secrets_in_its_own_memory() {
     }
     assert_eq!(
         halves.matches("('").count(),
-        3,
-        "check, load and TLS front secrets: {secrets}"
+        4,
+        "check, load, TLS front and shard hop secrets: {secrets}"
     );
     let app = python_app(
         "spy",
@@ -567,7 +569,16 @@ return 'found: ' + ' '.join(sorted(set(found))) if found else 'clean'"#
         ),
     );
     node.deploy("spy", &app).success();
-    let answer = node.get("spy.localhost", "/");
-    assert_eq!(answer.code, 200, "{}", answer.body);
-    assert_eq!(answer.body, "clean", "the app read the node's secrets");
+    node.deploy("spy2", &app)
+        .success()
+        .stdout_has("growing it to 2 cells");
+    for site in ["spy.localhost", "spy2.localhost"] {
+        // Twice: the second time after a request was handed on with the
+        // secret.
+        for _ in 0..2 {
+            let answer = node.get(site, "/");
+            assert_eq!(answer.code, 200, "{site}: {}", answer.body);
+            assert_eq!(answer.body, "clean", "{site} read the node's secrets");
+        }
+    }
 }

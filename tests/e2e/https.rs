@@ -371,29 +371,35 @@ fn environ_app() -> App {
 #[test]
 fn an_app_behind_https_sees_https_and_the_clients_address() {
     let pebble = Pebble::start();
-    let n = TlsNode::start(&pebble, "");
+    // One cell to start with: the second site is in a grown part of the
+    // pool, another Apache, reached through the first one.
+    let n = TlsNode::start(&pebble, "[apache]\ncells = 1\n");
     let node = &n.node;
     node.deploy("env.example.test", &environ_app()).success();
-    // Through the front: HTTPS and curl's address, whatever curl claims.
-    assert_eq!(
-        n.wait_https("env.example.test", 200).body,
-        "https 127.0.0.1 on - - https 127.0.0.1\n"
-    );
-    let a = Request::get(&format!("https://env.example.test:{}/", n.tls))
-        .resolve(&format!("env.example.test:{}:127.0.0.1", n.tls))
-        .cacert(&n.root)
-        .header("X-Forwarded-For", "203.0.113.9")
-        .header("X-Toppcloud-Front", &"0".repeat(32))
-        .send();
-    assert_eq!(a.body, "https 127.0.0.1 on - - https 127.0.0.1\n");
-    // A static directory's redirect stays on HTTPS.
-    let a = n.https("env.example.test", "/docs?x=1");
-    assert_eq!(a.code, 301, "{}", a.body);
-    assert_eq!(
-        a.location(),
-        format!("https://env.example.test:{}/docs/?x=1", n.tls)
-    );
-    assert_eq!(n.https("env.example.test", "/docs/").body, "docs\n");
+    node.deploy("grown.example.test", &environ_app())
+        .success()
+        .stdout_has("growing it to 2 cells");
+    for site in ["env.example.test", "grown.example.test"] {
+        // Through the front: HTTPS and curl's address, whatever curl claims.
+        assert_eq!(
+            n.wait_https(site, 200).body,
+            "https 127.0.0.1 on - - https 127.0.0.1\n",
+            "{site}"
+        );
+        let a = Request::get(&format!("https://{site}:{}/", n.tls))
+            .resolve(&format!("{site}:{}:127.0.0.1", n.tls))
+            .cacert(&n.root)
+            .header("X-Forwarded-For", "203.0.113.9")
+            .header("X-Toppcloud-Front", &"0".repeat(32))
+            .header("X-Toppcloud-Hop", &"0".repeat(32))
+            .send();
+        assert_eq!(a.body, "https 127.0.0.1 on - - https 127.0.0.1\n", "{site}");
+        // A static directory's redirect stays on HTTPS.
+        let a = n.https(site, "/docs?x=1");
+        assert_eq!(a.code, 301, "{}", a.body);
+        assert_eq!(a.location(), format!("https://{site}:{}/docs/?x=1", n.tls));
+        assert_eq!(n.https(site, "/docs/").body, "docs\n");
+    }
 }
 
 #[test]
