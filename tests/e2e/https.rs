@@ -7,7 +7,6 @@
 //! and adding a site with its certificates fails no request on another.
 //! Aliases also work with HTTPS off.
 
-use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -16,8 +15,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::support::{
-    Answer, App, Laptop, Node, Request, Run, client_command, free_loopback_port, node_run_refused,
-    run_with_timeout, ssh, wait_for,
+    Answer, App, Laptop, Node, Request, Run, client_command, free_loopback_port, load,
+    node_run_refused, run_with_timeout, ssh, wait_for,
 };
 
 /// Debian's pebble on loopback, with a TLS key of its own made by openssl;
@@ -544,119 +543,6 @@ fn alias_conflicts_and_bad_names_in_the_config_are_refused() {
         let err = node_run_refused(extra);
         assert!(err.contains(why), "{extra}: {err}");
     }
-}
-
-/// One GET of `/` on a kept-alive connection (opened when `conn` is None):
-/// the status and body, or why there is none; `Err(None)` when a reused
-/// connection was closed before any answer (the idle close a browser
-/// retries on a new connection).
-fn keepalive_get(
-    conn: &mut Option<(BufReader<TcpStream>, u32)>,
-    port: u16,
-    host: &str,
-) -> Result<(u16, String), Option<String>> {
-    if conn.is_none() {
-        let s = TcpStream::connect(("127.0.0.1", port)).map_err(|e| Some(e.to_string()))?;
-        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        s.set_nodelay(true).unwrap();
-        *conn = Some((BufReader::new(s), 0));
-    }
-    let (r, used) = conn.as_mut().unwrap();
-    let reused = *used > 0;
-    *used += 1;
-    let idle_close = |e: String| if reused { None } else { Some(e) };
-    write!(r.get_mut(), "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n")
-        .map_err(|e| idle_close(e.to_string()))?;
-    let mut status = String::new();
-    match r.read_line(&mut status) {
-        Ok(0) => return Err(idle_close("closed".into())),
-        Err(e) => return Err(idle_close(e.to_string())),
-        Ok(_) => {}
-    }
-    let code: u16 = status
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or(Some(format!("bad status line {status:?}")))?;
-    let (mut length, mut close, mut chunked) = (0usize, false, false);
-    loop {
-        let mut line = String::new();
-        r.read_line(&mut line).map_err(|e| Some(e.to_string()))?;
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        let lower = line.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            length = v.trim().parse().unwrap_or(0);
-        }
-        if lower.starts_with("connection:") && lower.contains("close") {
-            close = true;
-        }
-        if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-            chunked = true;
-        }
-    }
-    let body = if chunked {
-        read_chunked(r).map_err(|e| Some(e.to_string()))?
-    } else {
-        let mut body = vec![0; length];
-        r.read_exact(&mut body).map_err(|e| Some(e.to_string()))?;
-        body
-    };
-    if close {
-        *conn = None;
-    }
-    Ok((code, String::from_utf8_lossy(&body).into_owned()))
-}
-
-/// A chunked body (RFC 9112 section 7.1), trailers skipped.
-fn read_chunked(r: &mut BufReader<TcpStream>) -> std::io::Result<Vec<u8>> {
-    let mut body = Vec::new();
-    loop {
-        let mut size = String::new();
-        r.read_line(&mut size)?;
-        let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
-            .map_err(|e| std::io::Error::other(format!("chunk size {size:?}: {e}")))?;
-        if n == 0 {
-            loop {
-                let mut line = String::new();
-                r.read_line(&mut line)?;
-                if line.trim_end().is_empty() {
-                    return Ok(body);
-                }
-            }
-        }
-        let mut chunk = vec![0; n + 2];
-        r.read_exact(&mut chunk)?;
-        body.extend_from_slice(&chunk[..n]);
-    }
-}
-
-/// GETs `host` until `stop` on kept-alive connections: how many were
-/// sent, which failed, and how many were retried once on a new
-/// connection after an idle keep-alive connection closed (counted apart).
-fn load(port: u16, host: &str, body: &str, stop: Arc<AtomicBool>) -> (u32, Vec<String>, u32) {
-    let (mut sent, mut failed, mut retried) = (0u32, Vec::new(), 0u32);
-    let mut conn = None;
-    let started = Instant::now();
-    while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(240) {
-        sent += 1;
-        let mut answer = keepalive_get(&mut conn, port, host);
-        if let Err(None) = answer {
-            retried += 1;
-            conn = None;
-            answer = keepalive_get(&mut conn, port, host);
-        }
-        match answer {
-            Ok((200, b)) if b == body => {}
-            other => {
-                conn = None;
-                failed.push(format!("{other:?}"));
-            }
-        }
-    }
-    (sent, failed, retried)
 }
 
 #[test]

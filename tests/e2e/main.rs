@@ -18,6 +18,7 @@ mod config;
 mod crash;
 mod deploy;
 mod failures;
+mod growth;
 mod https;
 mod lifecycle;
 mod limits;

@@ -95,6 +95,7 @@ pub struct Request {
     method: String,
     resolve: Option<String>,
     cacert: Option<PathBuf>,
+    interface: Option<String>,
     headers: Vec<String>,
     body: Option<Vec<u8>>,
 }
@@ -106,6 +107,7 @@ impl Request {
             method: "GET".into(),
             resolve: None,
             cacert: None,
+            interface: None,
             headers: Vec::new(),
             body: None,
         }
@@ -125,6 +127,13 @@ impl Request {
     /// curl's `--cacert FILE`: the roots an https URL is checked against.
     pub fn cacert(mut self, file: &Path) -> Request {
         self.cacert = Some(file.to_path_buf());
+        self
+    }
+
+    /// curl's `--interface ADDR`: the request comes from this local
+    /// address (any of 127.0.0.0/8 is loopback: each is another client).
+    pub fn interface(mut self, addr: &str) -> Request {
+        self.interface = Some(addr.to_string());
         self
     }
 
@@ -170,6 +179,9 @@ impl Request {
         }
         if let Some(c) = &self.cacert {
             cmd.arg("--cacert").arg(c);
+        }
+        if let Some(i) = &self.interface {
+            cmd.arg("--interface").arg(i);
         }
         cmd.arg(&self.url);
         let done = run_with_timeout(cmd, Duration::from_secs(40));

@@ -9,16 +9,19 @@
 //!   laptop side of the CLI (`toppcloud init`, `toppcloud serve`);
 //! - `apps`: apps to deploy, the gate a test holds an app's import at, and
 //!   an upstream repository standing in for a forge's;
+//! - `load`: a load generator counting the requests that fail;
 //! - here: waiting on conditions, and running commands under deadlines.
 
 mod apps;
 mod clients;
 mod env;
+mod load;
 mod node;
 
 pub use apps::*;
 pub use clients::*;
 pub use env::*;
+pub use load::*;
 pub use node::*;
 
 use std::path::PathBuf;

@@ -355,30 +355,27 @@ impl Drop for Node {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("---- node log ----\n{}", self.log());
-            let err = std::fs::read_to_string(self.data.join("apache/logs/error.log"))
-                .unwrap_or_default();
-            let tail: Vec<&str> = err.lines().rev().take(40).collect();
-            eprintln!(
-                "---- apache error.log (last lines, newest first) ----\n{}",
-                tail.join("\n")
-            );
+            let apaches =
+                std::iter::once(self.data.join("apache")).chain(grown_apaches(&self.data));
+            for dir in apaches {
+                let err = std::fs::read_to_string(dir.join("logs/error.log")).unwrap_or_default();
+                let tail: Vec<&str> = err.lines().rev().take(40).collect();
+                eprintln!(
+                    "---- {} error.log (last lines, newest first) ----\n{}",
+                    dir.strip_prefix(&self.data).unwrap_or(&dir).display(),
+                    tail.join("\n")
+                );
+            }
         }
         self.stop();
-        // A node killed with -9 leaves its Apache (and its TLS front)
-        // running; a mod_wsgi daemon that missed the stop signal outlives
-        // Apache: killed too.
-        // The pool's other Apaches (one per growth) too.
-        let shards = std::fs::read_dir(self.data.join("apache"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("shard-"))
-            .map(|e| e.path().join("run/httpd.pid"));
-        let pid_files: Vec<PathBuf> = ["apache/run/httpd.pid", "apache/front/run/httpd.pid"]
-            .iter()
-            .map(|p| self.data.join(p))
-            .chain(shards)
-            .collect();
+        // A node killed with -9 leaves its Apache (its TLS front, and the
+        // Apaches that hold a grown pool's cells) running; a mod_wsgi
+        // daemon that missed the stop signal outlives Apache: killed too.
+        let mut pid_files = vec![
+            self.data.join("apache/run/httpd.pid"),
+            self.data.join("apache/front/run/httpd.pid"),
+        ];
+        pid_files.extend(grown_apaches(&self.data).map(|d| d.join("run/httpd.pid")));
         for pid_file in pid_files {
             let Some(pid) = std::fs::read_to_string(&pid_file)
                 .ok()
@@ -392,7 +389,13 @@ impl Drop for Node {
             while Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            let conf = self.data.join("apache");
+            // A daemon's command line names its Apache's config (the TLS
+            // front runs no daemon).
+            let root = pid_file
+                .parent()
+                .and_then(Path::parent)
+                .expect("apache dir");
+            let conf = root.join("httpd.conf");
             for child in children {
                 // Still this node's daemon (not a recycled pid)?
                 let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
@@ -404,6 +407,16 @@ impl Drop for Node {
             }
         }
     }
+}
+
+/// The directories of the Apaches a grown pool added (`apache/shard-K`).
+pub fn grown_apaches(data: &Path) -> impl Iterator<Item = PathBuf> {
+    std::fs::read_dir(data.join("apache"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("shard-"))
+        .map(|e| e.path())
 }
 
 /// The pids whose parent is `parent`.
