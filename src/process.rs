@@ -53,6 +53,33 @@ pub fn clean_env(cmd: &mut Command) -> &mut Command {
         .env("LANG", "C.UTF-8")
 }
 
+const SYSTEMD_RUN: &str = "/usr/bin/systemd-run";
+
+/// The command that starts one of the servers the node keeps beside it
+/// (an Apache of the pool, the TLS front). Under systemd (a system-mode
+/// node's unit) every process the node starts sits in the unit's control
+/// group and is killed when the unit stops or restarts; these must keep
+/// serving while the node restarts, so they start in a scope of their own.
+/// `systemd-run --scope` runs the program itself, in the new scope, with
+/// the environment the caller gives it.
+pub fn outliving_command(program: &std::path::Path) -> Command {
+    if under_systemd() {
+        let mut c = Command::new(SYSTEMD_RUN);
+        c.args(["--scope", "--quiet", "--collect", "--"])
+            .arg(program);
+        c
+    } else {
+        Command::new(program)
+    }
+}
+
+fn under_systemd() -> bool {
+    // systemd sets INVOCATION_ID for the processes of a unit it runs.
+    std::env::var_os("INVOCATION_ID").is_some()
+        && std::path::Path::new("/run/systemd/system").is_dir()
+        && std::path::Path::new(SYSTEMD_RUN).is_file()
+}
+
 /// Runs `cmd`, streaming stdout and stderr lines (prefixed by `prefix`) to
 /// `progress`. The child is killed if the future is dropped.
 pub async fn run_streamed(

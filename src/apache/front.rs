@@ -222,7 +222,12 @@ impl Front {
     }
 
     fn ctl(&self, args: &[&str]) -> (Command, String) {
-        let mut c = Command::new(&self.apache2);
+        // The front outlives a node that restarts.
+        let mut c = if args.contains(&"start") {
+            crate::process::outliving_command(&self.apache2)
+        } else {
+            Command::new(&self.apache2)
+        };
         c.arg("-f").arg(self.conf()).args(args);
         crate::process::clean_env(&mut c);
         (c, self.apache2.display().to_string())

@@ -626,7 +626,13 @@ impl Apache {
                 (c, self.cfg.apachectl.display().to_string())
             }
             _ => {
-                let mut c = Command::new(&self.cfg.apache2);
+                // The pool's Apaches outlive a node that restarts (a
+                // private node stops them itself when it stops).
+                let mut c = if args.contains(&"start") {
+                    crate::process::outliving_command(&self.cfg.apache2)
+                } else {
+                    Command::new(&self.cfg.apache2)
+                };
                 c.arg("-f").arg(self.private_conf(shard)).args(args);
                 // Apps inherit Apache's environment: give them a clean one.
                 crate::process::clean_env(&mut c);
