@@ -1056,24 +1056,14 @@ impl Apache {
         if parents.is_empty() {
             return out;
         }
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return out;
-        };
-        for pid in entries
-            .flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-        {
-            let Some((d, ppid)) = stat_of(pid) else {
-                continue;
-            };
-            let Some(&shard) = parents.get(&ppid) else {
-                continue;
-            };
-            if let Some(slot) = slot_named(pid)
-                && self.shard_of(slot) == shard
-                && is_daemon(d, ppid, slot, self.slot_uid(slot))
-            {
-                out.entry(slot).or_default().push(d);
+        for (&parent, &shard) in &parents {
+            for d in children_of(parent) {
+                if let Some(slot) = slot_named(d.pid)
+                    && self.shard_of(slot) == shard
+                    && is_daemon(d, parent, slot, self.slot_uid(slot))
+                {
+                    out.entry(slot).or_default().push(d);
+                }
             }
         }
         out
@@ -1187,22 +1177,14 @@ impl Apache {
             return Vec::new();
         };
         let uid = self.slot_uid(slot);
-        let Ok(entries) = std::fs::read_dir("/proc") else {
-            return Vec::new();
-        };
-        // Hundreds of sites make thousands of processes: on a root node each
-        // is first judged by its owner (one stat(2), the cheapest thing
-        // /proc answers), then by its stat line, and only Apache's children
-        // named for this slot are read further (owner, name, again).
-        use std::os::unix::fs::MetadataExt;
+        // Hundreds of sites make thousands of processes: only the
+        // children of the slot's Apache are looked at, and of those only
+        // the ones named for this slot are read further (owner, name).
         let mut named = self.named.lock().unwrap_or_else(|e| e.into_inner());
         let mut seen = HashSet::new();
-        let found = entries
-            .flatten()
-            .filter(|e| uid.is_none_or(|u| e.metadata().is_ok_and(|m| m.uid() == u)))
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter_map(|pid| stat_of(pid).filter(|(_, ppid)| *ppid == parent))
-            .filter(|(d, _)| {
+        let found = children_of(parent)
+            .into_iter()
+            .filter(|d| {
                 seen.insert(*d);
                 // A daemon's name is set once, just after its fork: learnt
                 // once (a name not yet set is read again next time).
@@ -1218,7 +1200,6 @@ impl Apache {
                 };
                 of == Some(slot) && is_daemon(*d, parent, slot, uid)
             })
-            .map(|(d, _)| d)
             .collect();
         // Only the processes looked at are known to be alive or gone; the
         // rest is a hint, bounded (a pid's start time changes with the
@@ -1253,14 +1234,37 @@ fn kept_token(layout: &Layout, name: &str) -> String {
         .unwrap_or_else(|| hex::encode(rand::random::<[u8; 16]>()))
 }
 
-/// The processes whose parent is `parent`, from one scan of /proc.
+/// The processes whose parent is `parent`: from the kernel's list of each
+/// of its threads' children where it keeps one (`/proc/P/task/T/children`:
+/// a few reads, however many processes the machine runs), else from a scan
+/// of /proc. Either way each one's stat line confirms its parent.
 fn children_of(parent: u32) -> Vec<Daemon> {
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return Vec::new();
+    let listed: Option<Vec<u32>> = std::fs::read_dir(format!("/proc/{parent}/task"))
+        .ok()
+        .and_then(|tasks| {
+            let lists: Vec<String> = tasks
+                .flatten()
+                .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+                .collect();
+            (!lists.is_empty()).then(|| {
+                lists
+                    .iter()
+                    .flat_map(|l| l.split_whitespace())
+                    .filter_map(|p| p.parse().ok())
+                    .collect()
+            })
+        });
+    let pids = match listed {
+        Some(pids) => pids,
+        None => match std::fs::read_dir("/proc") {
+            Ok(entries) => entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .collect(),
+            Err(_) => Vec::new(),
+        },
     };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+    pids.into_iter()
         .filter_map(stat_of)
         .filter(|(_, ppid)| *ppid == parent)
         .map(|(d, _)| d)
