@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::support::{App, Node, wait_for};
+use crate::support::{App, Load, Node, wait_for};
 
 struct SystemApache {
     confdir: PathBuf,
@@ -182,4 +182,60 @@ fn system_mode_restores_the_old_file_when_the_config_test_fails() {
         Duration::from_secs(1),
         || (!system.pid_file().exists()).then_some(()),
     );
+}
+
+/// An app that answers its body at `/` and its daemon's pid at `/pid`.
+fn pid_app(site: &str) -> App {
+    let app = App::plain(site, 1, "unused\n");
+    app.file(
+        "main.py",
+        &format!(
+            "import os\n\ndef application(environ, start_response):\n    \
+             start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
+             if environ.get('PATH_INFO') == '/pid':\n        return [str(os.getpid()).encode()]\n    \
+             return [b'{site}\\n']\n"
+        ),
+    );
+    app
+}
+
+/// systemd restarts a system-mode node (an upgrade, a crash): Debian's
+/// Apache, and the node's own Apache for the cells a growth added, keep
+/// serving all the while, and no daemon restarts.
+#[test]
+fn a_system_mode_node_that_restarts_stops_no_site_grown_ones_included() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let system = SystemApache::new(tmp.path(), port);
+    let mut node = Node::start_with(&format!("{}cells = 1\n", system.node_config(port)));
+    node.deploy("a", &pid_app("a")).success();
+    node.deploy("b", &pid_app("b"))
+        .success()
+        .stdout_has("growing it to 2 cells");
+    let pids = |node: &Node| {
+        ["a.localhost", "b.localhost"].map(|h| {
+            let pid = node.get(h, "/pid").body;
+            assert!(pid.parse::<u32>().is_ok(), "{h}: {pid}");
+            pid
+        })
+    };
+    let before = pids(&node);
+
+    let loads = [
+        Load::start(port, "a.localhost", "a\n", 2),
+        Load::start(port, "b.localhost", "b\n", 2),
+    ];
+    node.stop();
+    // The node is gone; both sites still answer.
+    assert_eq!(node.body("a.localhost"), "a\n");
+    assert_eq!(node.body("b.localhost"), "b\n");
+    node.spawn();
+    for (load, site) in loads.into_iter().zip(["a", "b"]) {
+        let count = load.finish();
+        assert!(count.failed.is_empty(), "{site}: {count}");
+        assert!(count.sent >= 20, "{site}: too few requests: {count}");
+    }
+    assert_eq!(pids(&node), before, "a daemon restarted");
+    node.deploy("b", &pid_app("b")).success();
+    assert_eq!(node.body("b.localhost"), "b\n");
 }
