@@ -322,10 +322,11 @@ pub struct ApacheConfig {
     pub listen: SocketAddr,
     /// Cells in the pool when it starts, and the least it grows by. A site
     /// takes a cell for its life; the pool grows by itself (by half its
-    /// size, at least `cells`) when a new site finds no free cell, at the
-    /// cost of one graceful restart of Apache, which restarts every daemon
-    /// of every site and fails the requests they were answering: a node
-    /// meant for N sites should start with `cells` = N.
+    /// size, at least `cells`) when a new site finds no free cell, into
+    /// another Apache of its own (see `apache::shards`), so no site's
+    /// daemon restarts; the sites of a grown part take one more hop
+    /// through the first Apache, so a node meant for N sites should still
+    /// start with `cells` = N.
     pub cells: usize,
     /// mod_wsgi daemons per cell (at least 3): the site's live and previous
     /// releases and its spares. More spares let back-to-back deploys skip

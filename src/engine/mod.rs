@@ -172,7 +172,7 @@ pub struct Engine {
     accounts: Mutex<Vec<Option<Account>>>,
     /// One deploy per site at a time; the locks die with the process.
     turns: Mutex<HashMap<SiteName, Arc<tokio::sync::Mutex<()>>>>,
-    /// Serialises cell assignment and pool growth (a graceful restart).
+    /// Serialises cell assignment and pool growth (another Apache to start).
     pool_growth: tokio::sync::Mutex<()>,
     /// Every deploy, whatever door it came through.
     deploys: Arc<Registry>,
