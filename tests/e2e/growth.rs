@@ -8,22 +8,12 @@
 //! Apache cannot claim HTTPS or another client's address.
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use crate::support::{App, Load, Node, Request, Run, run_with_timeout};
+use crate::support::{App, Load, Node, Request};
 
 /// One cell to start with: the second site already grows the pool.
 const ONE_CELL: &str = "[apache]\ncells = 1\n";
-
-/// `toppcloud node ARGS...` against `node`.
-fn node_cmd(node: &Node, args: &[&str]) -> Run {
-    let mut cmd = node.command();
-    cmd.arg("node").args(args).arg("--config").arg(&node.config);
-    Run::from(
-        format!("toppcloud node {}", args.join(" ")),
-        run_with_timeout(cmd, Duration::from_secs(240)),
-    )
-}
 
 /// The directory of the Apache the pool's `k`-th growth added.
 fn shard(node: &Node, k: usize) -> PathBuf {
@@ -139,7 +129,7 @@ fn a_site_in_a_grown_part_of_the_pool_deploys_rolls_back_and_survives_a_node_res
     assert!(node.body("2.b.localhost").starts_with("v2 "));
 
     // Rollback: v1 live again at once, in the daemon that served it.
-    node_cmd(&node, &["rollback", "b"])
+    node.node_cmd(&["rollback", "b"])
         .success()
         .stdout_has(&format!(
             "live at http://b.localhost:{}/ (release 1, version 1)",
@@ -177,13 +167,8 @@ fn a_site_in_a_grown_part_of_the_pool_deploys_rolls_back_and_survives_a_node_res
 /// address, and whether a forwarding header (or the hop's secret) reached
 /// it.
 fn environ_app() -> App {
-    let app = App::new();
-    app.file(
-        "app.ini",
-        "[production]\napp_name = env\nversion = 1\nrunner = main.py\n",
-    )
-    .file(
-        "main.py",
+    App::wsgi(
+        "env",
         "def application(environ, start_response):\n    \
          start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
          seen = [h for h in ('HTTP_X_FORWARDED_FOR', 'HTTP_X_FORWARDED_PROTO',\n                         \
@@ -191,8 +176,7 @@ fn environ_app() -> App {
          words = [environ['wsgi.url_scheme'], environ.get('REMOTE_ADDR', '-'),\n             \
          ','.join(seen) or 'none']\n    \
          return [(' '.join(words) + '\\n').encode()]\n",
-    );
-    app
+    )
 }
 
 /// `request` with the headers a client forges to pass for the clients'

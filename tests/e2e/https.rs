@@ -157,18 +157,8 @@ impl TlsNode {
     }
 
     fn cmd(&self, args: &[&str]) -> Run {
-        node_cmd(&self.node, args)
+        self.node.node_cmd(args)
     }
-}
-
-/// `toppcloud node ARGS...` against `node`.
-fn node_cmd(node: &Node, args: &[&str]) -> Run {
-    let mut cmd = node.command();
-    cmd.arg("node").args(args).arg("--config").arg(&node.config);
-    Run::from(
-        format!("toppcloud node {}", args.join(" ")),
-        run_with_timeout(cmd, Duration::from_secs(120)),
-    )
 }
 
 /// The line of a `domains` listing about `name`.
@@ -348,13 +338,8 @@ fn https_serves_live_prev_and_aliases_and_http_redirects_to_it() {
 /// An app that answers what it was told of the request: scheme, client
 /// address, HTTPS and whether the front's header reached it.
 fn environ_app() -> App {
-    let app = App::new();
-    app.file(
-        "app.ini",
-        "[production]\napp_name = env\nversion = 1\nrunner = main.py\n",
-    )
-    .file(
-        "main.py",
+    let app = App::wsgi(
+        "env",
         "def application(environ, start_response):\n    \
          start_response('200 OK', [('Content-Type', 'text/plain')])\n    \
          words = [environ['wsgi.url_scheme'], environ.get('REMOTE_ADDR', '-'),\n             \
@@ -447,7 +432,7 @@ fn a_tls_front_that_cannot_start_leaves_the_sites_on_http_with_its_error() {
         .success();
     assert_eq!(node.body("blog.example.test"), "blog\n");
     node.wait_logged("the TLS front did not start: every name stays on HTTP");
-    let listing = node_cmd(&node, &["domains", "blog.example.test"]);
+    let listing = node.node_cmd(&["domains", "blog.example.test"]);
     let line = line_of(&listing.success().stdout, "blog.example.test");
     assert!(
         line.contains("HTTP only: the TLS front does not run") && line.contains("in use"),
@@ -480,20 +465,20 @@ fn aliases_redirect_or_serve_over_plain_http_with_https_off() {
     assert_eq!(node.body("shop.example.org"), "shop\n");
     assert_eq!(node.body("blog.localhost"), "blog\n");
 
-    node_cmd(&node, &["domains", "shop", "add", "www.shop.localhost"])
+    node.node_cmd(&["domains", "shop", "add", "www.shop.localhost"])
         .success()
         .stdout_has("www.shop.localhost added to shop.localhost");
     assert_eq!(node.body("www.shop.localhost"), "shop\n");
-    let listing = node_cmd(&node, &["domains", "shop"]);
+    let listing = node.node_cmd(&["domains", "shop"]);
     let line = line_of(&listing.success().stdout, "www.shop.localhost");
     assert!(
         line.contains(" alias ") && line.contains("HTTP only (HTTPS is off on this node)"),
         "{line}"
     );
-    node_cmd(&node, &["domains", "blog", "add", "www.shop.localhost"])
+    node.node_cmd(&["domains", "blog", "add", "www.shop.localhost"])
         .failure()
         .stderr_has("www.shop.localhost is already an alias of site shop.localhost");
-    node_cmd(&node, &["domains", "blog", "add", "2.shop.localhost"])
+    node.node_cmd(&["domains", "blog", "add", "2.shop.localhost"])
         .failure()
         .stderr_has("2.shop.localhost is a name of site shop.localhost");
     // A new site may not take a name that is another site's alias.
@@ -501,11 +486,12 @@ fn aliases_redirect_or_serve_over_plain_http_with_https_off() {
         .failure()
         .stderr_has("www.shop.localhost is an alias of site shop.localhost: nothing was deployed");
     assert_eq!(node.body("www.shop.localhost"), "shop\n");
-    node_cmd(&node, &["domains", "nosuch", "add", "a.example.org"])
+    node.node_cmd(&["domains", "nosuch", "add", "a.example.org"])
         .failure()
         .stderr_has("site nosuch.localhost not found");
     // Kept across a restart of the node.
-    node_cmd(&node, &["domains", "blog", "remove", "www.blog.localhost"]).success();
+    node.node_cmd(&["domains", "blog", "remove", "www.blog.localhost"])
+        .success();
     let mut node = node;
     node.stop();
     node.spawn();

@@ -5,20 +5,8 @@
 //! asked, leaving every other site served. Through the node, the laptop
 //! and the SSH door, with the key's site rights.
 
-use std::time::Duration;
-
-use crate::support::{App, Node, Run, git, run_with_timeout};
+use crate::support::{App, Node, git};
 use crate::support::{Laptop, ssh};
-
-/// `toppcloud node ARGS...` against `node`.
-fn node_cmd(node: &Node, args: &[&str]) -> Run {
-    let mut cmd = node.command();
-    cmd.arg("node").args(args).arg("--config").arg(&node.config);
-    Run::from(
-        format!("toppcloud node {}", args.join(" ")),
-        run_with_timeout(cmd, Duration::from_secs(240)),
-    )
-}
 
 /// Asserts `host` answers the maintenance page.
 fn assert_maintenance(node: &Node, host: &str) {
@@ -58,7 +46,7 @@ fn disable_serves_the_maintenance_page_and_enable_brings_the_live_release_back()
     node.deploy("other", &App::plain("other", 1, "other\n"))
         .success();
 
-    node_cmd(&node, &["disable", "blog"])
+    node.node_cmd(&["disable", "blog"])
         .success()
         .stdout_has("blog.localhost is disabled");
     for host in ["blog.localhost", "prev.blog.localhost", "1.blog.localhost"] {
@@ -69,7 +57,7 @@ fn disable_serves_the_maintenance_page_and_enable_brings_the_live_release_back()
     assert_eq!(api_disabled(&node, "other.localhost"), Some(false));
     // Releases stay; disabling again says so.
     assert_eq!(node.releases("blog.localhost"), ["1", "2"]);
-    node_cmd(&node, &["disable", "blog.localhost"])
+    node.node_cmd(&["disable", "blog.localhost"])
         .success()
         .stdout_has("already disabled");
     // Other sites get no Retry-After.
@@ -83,13 +71,13 @@ fn disable_serves_the_maintenance_page_and_enable_brings_the_live_release_back()
     assert_maintenance(&node, "blog.localhost");
     assert_eq!(node.releases("blog.localhost"), ["1", "2", "3"]);
 
-    node_cmd(&node, &["enable", "blog"])
+    node.node_cmd(&["enable", "blog"])
         .success()
         .stdout_has("blog.localhost is enabled");
     assert_eq!(node.body("blog.localhost"), "v3\n");
     assert_eq!(api_disabled(&node, "blog.localhost"), Some(false));
     assert_eq!(node.body("prev.blog.localhost"), "v2\n");
-    node_cmd(&node, &["enable", "blog"])
+    node.node_cmd(&["enable", "blog"])
         .success()
         .stdout_has("already enabled");
 
@@ -124,7 +112,7 @@ fn disable_serves_the_maintenance_page_and_enable_brings_the_live_release_back()
     assert_eq!(node.body("blog.localhost"), "v3\n");
 
     // A site never deployed cannot be disabled.
-    node_cmd(&node, &["disable", "nosuch"])
+    node.node_cmd(&["disable", "nosuch"])
         .failure()
         .stderr_has("site nosuch.localhost not found");
 }
@@ -150,7 +138,7 @@ fn destroy_removes_the_site_and_keeps_its_files_unless_asked() {
     for r in [
         laptop.toppcloud(&["destroy", "blog.localhost"]),
         ssh(&node, &key, "destroy blog"),
-        node_cmd(&node, &["destroy", "blog"]),
+        node.node_cmd(&["destroy", "blog"]),
     ] {
         r.failure().stderr_has("add --yes to confirm");
     }
@@ -198,14 +186,14 @@ fn destroy_removes_the_site_and_keeps_its_files_unless_asked() {
     // The name can be pushed again; --data removes the files too.
     git(&pushed.path, &key, &["push", &node.ssh_url("blog"), "main"]).success();
     assert_eq!(node.body("blog.localhost"), "pushed\n");
-    node_cmd(&node, &["destroy", "blog", "--yes", "--data"])
+    node.node_cmd(&["destroy", "blog", "--yes", "--data"])
         .success()
         .stdout_has("blog.localhost is destroyed");
     assert_eq!(node.get("blog.localhost", "/").code, 404);
     assert!(!site_dir.exists(), "the site's directory is still there");
     assert!(!repo.exists());
     assert_eq!(node.body("other.localhost"), "other\n");
-    node_cmd(&node, &["destroy", "blog", "--yes"])
+    node.node_cmd(&["destroy", "blog", "--yes"])
         .failure()
         .stderr_has("site blog.localhost not found");
 }

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{App, Node, Run, run_with_timeout};
+use crate::support::{App, Node};
 use crate::support::{Laptop, deploy_id, ssh};
 
 const TOKEN: &str = "rollback-token";
@@ -19,16 +19,6 @@ fn node() -> Node {
     Node::start_with(&format!(
         "[http]\nadmin_token = {TOKEN:?}\n[build]\nkeep_releases = 3\n"
     ))
-}
-
-/// `toppcloud node rollback|activate ARGS...` against `node`.
-fn node_cmd(node: &Node, args: &[&str]) -> Run {
-    let mut cmd = node.command();
-    cmd.arg("node").args(args).arg("--config").arg(&node.config);
-    Run::from(
-        format!("toppcloud node {}", args.join(" ")),
-        run_with_timeout(cmd, Duration::from_secs(240)),
-    )
 }
 
 fn deploy_body(node: &Node, app: &App, body: &str) {
@@ -58,7 +48,7 @@ fn rollback_swaps_live_and_prev_and_activate_makes_a_kept_release_live() {
     };
 
     // prev becomes live, live becomes prev; served as soon as it returns.
-    let back = node_cmd(&node, &["rollback", "blog"]);
+    let back = node.node_cmd(&["rollback", "blog"]);
     back.success().stdout_has(&live(2));
     assert_eq!(node.body("blog.localhost"), "v2\n");
     assert_eq!(node.body("prev.blog.localhost"), "v3\n");
@@ -68,14 +58,14 @@ fn rollback_swaps_live_and_prev_and_activate_makes_a_kept_release_live() {
     assert!(text.contains("rollback by node"), "{record:#}");
 
     // Again: back where it was.
-    node_cmd(&node, &["rollback", "blog.localhost"])
+    node.node_cmd(&["rollback", "blog.localhost"])
         .success()
         .stdout_has(&live(3));
     assert_eq!(node.body("blog.localhost"), "v3\n");
     assert_eq!(node.body("prev.blog.localhost"), "v2\n");
 
     // An older kept release: loaded, checked, switched; the live one is prev.
-    let act = node_cmd(&node, &["activate", "blog", "1"]);
+    let act = node.node_cmd(&["activate", "blog", "1"]);
     act.success()
         .stdout_has("loading kept release 1")
         .stdout_has(&live(1));
@@ -83,19 +73,19 @@ fn rollback_swaps_live_and_prev_and_activate_makes_a_kept_release_live() {
     assert_eq!(node.body("prev.blog.localhost"), "v3\n");
     let (text, _) = api(&node, &format!("/deploys/{}", deploy_id(&act.stdout)));
     assert!(text.contains("activate 1 by node"), "{text}");
-    node_cmd(&node, &["activate", "blog", "1"])
+    node.node_cmd(&["activate", "blog", "1"])
         .success()
         .stdout_has("release 1 is live already: nothing to do");
 
     // Unknown ids and pruned ones are refused with the reason.
-    node_cmd(&node, &["activate", "blog", "99"])
+    node.node_cmd(&["activate", "blog", "99"])
         .failure()
         .stderr_has("blog.localhost has no release 99 (kept: 1, 2, 3)");
     deploy_body(&node, &app, "v4\n");
     deploy_body(&node, &app, "v5\n");
     // Live 5, prev 4; 1 and 2 pruned (keep_releases = 3).
     assert_eq!(node.releases("blog.localhost"), ["3", "4", "5"]);
-    node_cmd(&node, &["activate", "blog", "2"])
+    node.node_cmd(&["activate", "blog", "2"])
         .failure()
         .stderr_has("blog.localhost has no release 2 (kept: 3, 4, 5)");
     assert_eq!(node.body("blog.localhost"), "v5\n");
@@ -103,7 +93,7 @@ fn rollback_swaps_live_and_prev_and_activate_makes_a_kept_release_live() {
     // A site with one release has nothing to roll back to.
     node.deploy("solo", &App::plain("solo", 1, "solo\n"))
         .success();
-    node_cmd(&node, &["rollback", "solo"])
+    node.node_cmd(&["rollback", "solo"])
         .failure()
         .stderr_has("solo.localhost has only one release: nothing to roll back to");
     assert_eq!(node.body("solo.localhost"), "solo\n");
@@ -198,7 +188,7 @@ fn rollback_under_load_loses_no_request() {
     };
     let mut expect = ["one\n", "two\n"].into_iter().cycle();
     for _ in 0..5 {
-        node_cmd(&node, &["rollback", "blog"]).success();
+        node.node_cmd(&["rollback", "blog"]).success();
         assert_eq!(node.body("blog.localhost"), expect.next().unwrap());
     }
     stop.store(true, Ordering::Relaxed);

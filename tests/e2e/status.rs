@@ -3,19 +3,7 @@
 //! node's SSH door with the key's site rights, and by a bare ssh; `--json`
 //! for scripts, a table for people.
 
-use std::time::Duration;
-
-use crate::support::{App, Laptop, Node, Run, git, run_with_timeout, ssh};
-
-/// `toppcloud node ARGS... --config FILE` against this node.
-fn node_cmd(node: &Node, args: &[&str]) -> Run {
-    let mut cmd = node.command();
-    cmd.arg("node").args(args).arg("--config").arg(&node.config);
-    Run::from(
-        format!("toppcloud node {}", args.join(" ")),
-        run_with_timeout(cmd, Duration::from_secs(60)),
-    )
-}
+use crate::support::{App, Laptop, Node, Run, git, ssh};
 
 fn json(run: &Run) -> serde_json::Value {
     run.success();
@@ -68,7 +56,7 @@ fn status_and_releases_report_live_prev_health_and_respect_a_keys_sites() {
     assert_eq!(node.body("one.localhost"), "one v2\n");
 
     // On the node: every site, its live and previous release, healthy.
-    let status = json(&node_cmd(&node, &["status", "--json"]));
+    let status = json(&node.node_cmd(&["status", "--json"]));
     assert_eq!(names(&status), ["one.localhost", "two.localhost"]);
     let one = site(&status, "one.localhost");
     assert_eq!(one["live"]["id"], 2, "{status:#}");
@@ -86,7 +74,7 @@ fn status_and_releases_report_live_prev_health_and_respect_a_keys_sites() {
     assert_eq!(two["prev"], serde_json::Value::Null, "{status:#}");
     assert_eq!(two["health"], "ok", "{status:#}");
 
-    let releases = json(&node_cmd(&node, &["releases", "one", "--json"]));
+    let releases = json(&node.node_cmd(&["releases", "one", "--json"]));
     assert_eq!(releases["site"], "one.localhost");
     let rows: Vec<(u64, String, u64)> = releases["releases"]
         .as_array()
@@ -112,7 +100,7 @@ fn status_and_releases_report_live_prev_health_and_respect_a_keys_sites() {
     );
 
     // For people: a table naming the live release.
-    let text = node_cmd(&node, &["releases", "one.localhost"]);
+    let text = node.node_cmd(&["releases", "one.localhost"]);
     text.success().stdout_has("RELEASE  STATE");
     let live_line = text
         .stdout
@@ -120,11 +108,11 @@ fn status_and_releases_report_live_prev_health_and_respect_a_keys_sites() {
         .find(|l| l.split_whitespace().nth(1) == Some("live"))
         .unwrap_or_else(|| panic!("no live line:\n{}", text.stdout));
     assert!(live_line.starts_with("2 "), "{}", text.stdout);
-    node_cmd(&node, &["status"])
+    node.node_cmd(&["status"])
         .success()
         .stdout_has("HEALTH")
         .stdout_has("one.localhost");
-    node_cmd(&node, &["releases", "nothing"])
+    node.node_cmd(&["releases", "nothing"])
         .failure()
         .stderr_has("site nothing.localhost not found");
 
@@ -132,7 +120,7 @@ fn status_and_releases_report_live_prev_health_and_respect_a_keys_sites() {
     let app_dir = node.data.join("sites/two.localhost/releases/1/app");
     std::fs::write(app_dir.join("fail-now"), "").expect("write fail-now");
     assert_eq!(node.get("two.localhost", "/").code, 500);
-    let status = json(&node_cmd(&node, &["status", "--json"]));
+    let status = json(&node.node_cmd(&["status", "--json"]));
     assert_eq!(
         site(&status, "two.localhost")["health"],
         "failing (500)",

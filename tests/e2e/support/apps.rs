@@ -132,6 +132,17 @@ impl App {
         self
     }
 
+    /// An app (version 1) whose `main.py` is `main_py`.
+    pub fn wsgi(name: &str, main_py: &str) -> App {
+        let app = App::new();
+        app.file(
+            "app.ini",
+            &format!("[production]\napp_name = {name}\nversion = 1\nrunner = main.py\n"),
+        )
+        .file("main.py", main_py);
+        app
+    }
+
     /// A plain WSGI app answering `body` at every path.
     pub fn plain(name: &str, version: u32, body: &str) -> App {
         let app = App::new();

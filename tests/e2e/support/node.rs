@@ -151,6 +151,17 @@ impl Node {
             .expect("ssh port");
     }
 
+    /// `toppcloud node ARGS... --config FILE` against this node, as an
+    /// operator on the node's machine runs it.
+    pub fn node_cmd(&self, args: &[&str]) -> Run {
+        let mut cmd = self.command();
+        cmd.arg("node").args(args).arg("--config").arg(&self.config);
+        Run::from(
+            format!("toppcloud node {}", args.join(" ")),
+            run_with_timeout(cmd, Duration::from_secs(240)),
+        )
+    }
+
     /// Makes an ed25519 key pair in the test dir; returns the private key.
     pub fn keygen(&self, name: &str) -> PathBuf {
         let path = self.dir.path().join(format!("key-{name}"));
