@@ -172,14 +172,8 @@ enum Command {
         toppcloud destroy blog.example.com --yes --data   # files and secrets too\n\n\
         The site's database is always kept.")]
     Destroy {
-        /// The site: a host name, or a bare name that gets the node's domain.
-        site: String,
-        /// Confirm: the site's releases and repository are gone for good.
-        #[arg(long)]
-        yes: bool,
-        /// Remove its files directory, config vars and secret as well.
-        #[arg(long)]
-        data: bool,
+        #[command(flatten)]
+        destroy: DestroyArgs,
         /// A configured node's name or an ssh:// URL; default: the default node.
         #[arg(long, env = "TOPPCLOUD_NODE")]
         node: Option<String>,
@@ -304,6 +298,19 @@ struct LogsArgs {
     access: bool,
 }
 
+/// What `destroy` removes, on the laptop and on the node.
+#[derive(clap::Args)]
+struct DestroyArgs {
+    /// The site: a host name, or a bare name that gets the node's domain.
+    site: String,
+    /// Confirm: the site's releases and repository are gone for good.
+    #[arg(long)]
+    yes: bool,
+    /// Remove its files directory, config vars and secret as well.
+    #[arg(long)]
+    data: bool,
+}
+
 #[derive(Args, Clone)]
 struct NodeFlags {
     /// The node's config file (TOML).
@@ -385,14 +392,8 @@ enum NodeCommand {
     /// Remove a site from the running node. Needs --yes.
     #[command(after_help = "Example:\n  toppcloud node destroy blog --yes")]
     Destroy {
-        /// The site: a host name, or a bare name that gets the node's domain.
-        site: String,
-        /// Confirm: the site's releases and repository are gone for good.
-        #[arg(long)]
-        yes: bool,
-        /// Remove its files directory, config vars and secret as well.
-        #[arg(long)]
-        data: bool,
+        #[command(flatten)]
+        destroy: DestroyArgs,
         #[command(flatten)]
         flags: NodeFlags,
     },
@@ -632,9 +633,7 @@ async fn run(cli: Cli) -> Result<()> {
             tell_node(&flags, &control::Request::Enable { site }).await
         }
         Command::Node(NodeCommand::Destroy {
-            site,
-            yes,
-            data,
+            destroy: DestroyArgs { site, yes, data },
             flags,
         }) => {
             if !yes {
@@ -726,9 +725,7 @@ async fn run(cli: Cli) -> Result<()> {
             lifecycle_remote(&words, node.as_deref())
         }
         Command::Destroy {
-            site,
-            yes,
-            data,
+            destroy: DestroyArgs { site, yes, data },
             node,
         } => lifecycle_remote(&remote::destroy_words(&site, yes, data), node.as_deref()),
         Command::Domains { site, change, node } => {

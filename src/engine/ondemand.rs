@@ -87,29 +87,32 @@ impl Engine {
     /// Makes sure a slot holds the release `host` names, loading it if
     /// none does; Ok when there is nothing to load (an unknown host: Apache
     /// answers it as it answers any other).
-    pub async fn load_on_demand(&self, host: &str) -> Result<(), LoadError> {
+    /// The release `host` names, if no slot holds it yet; its last failure
+    /// when it failed to load moments ago.
+    fn still_to_load(&self, host: &str) -> Result<Option<(SiteName, ReleaseId)>, LoadError> {
         let Some((site, id)) = self.host_target(host) else {
-            return Ok(());
+            return Ok(None);
         };
         if self.is_held(&site, id) {
-            return Ok(());
+            return Ok(None);
         }
         if let Some(why) = self.on_demand.failed_recently(&site, id) {
             return Err(LoadError { public: why });
         }
+        Ok(Some((site, id)))
+    }
+
+    pub async fn load_on_demand(&self, host: &str) -> Result<(), LoadError> {
+        let Some((site, _)) = self.still_to_load(host)? else {
+            return Ok(());
+        };
         let progress = Progress::silent();
         let _turn = self.turn(&site, &progress).await;
         // What the host names may have changed while this waited (a deploy,
         // a prune, the load that the requests before this one shared).
-        let Some((site, id)) = self.host_target(host) else {
+        let Some((site, id)) = self.still_to_load(host)? else {
             return Ok(());
         };
-        if self.is_held(&site, id) {
-            return Ok(());
-        }
-        if let Some(why) = self.on_demand.failed_recently(&site, id) {
-            return Err(LoadError { public: why });
-        }
         let span = tracing::info_span!("load", site = %site, release = %id);
         let started = Instant::now();
         match self.load_kept(&site, id, &progress).instrument(span).await {

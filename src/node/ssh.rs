@@ -686,12 +686,7 @@ impl GitJob {
 
     /// Waits for the site's turn, telling the client (on stderr) if it waits.
     async fn turn(&self, channel: &Channel<Msg>) -> SiteTurn {
-        let (progress, lines) = Progress::channel();
-        let forward = tokio::spawn(forward_lines(
-            lines,
-            channel.make_writer_ext(Some(1)),
-            self.cancel.clone(),
-        ));
+        let (progress, forward) = self.progress_to(channel.make_writer_ext(Some(1)));
         let turn = self.shared.engine.turn(&self.site, &progress).await;
         drop(progress);
         let _ = forward.await;
@@ -771,12 +766,7 @@ impl GitJob {
             finish(&w, code, &self.cancel).await;
             return Ok(());
         }
-        let (progress, lines) = Progress::channel();
-        let forward = tokio::spawn(forward_lines(
-            lines,
-            w.make_writer_ext(Some(1)),
-            self.cancel.clone(),
-        ));
+        let (progress, forward) = self.progress_to(w.make_writer_ext(Some(1)));
         let req = DeployRequest {
             site: self.site.clone(),
             source: area.path.clone(),
@@ -848,12 +838,7 @@ impl GitJob {
             }
             ConfigAction::Change(change) => change,
         };
-        let (progress, lines) = Progress::channel();
-        let forward = tokio::spawn(forward_lines(
-            lines,
-            w.make_writer_ext(Some(1)),
-            self.cancel.clone(),
-        ));
+        let (progress, forward) = self.progress_to(w.make_writer_ext(Some(1)));
         let result = self
             .shared
             .engine
@@ -874,12 +859,7 @@ impl GitJob {
         release: Option<crate::names::ReleaseId>,
     ) -> Result<()> {
         let (_, w) = channel.split();
-        let (progress, lines) = Progress::channel();
-        let forward = tokio::spawn(forward_lines(
-            lines,
-            w.make_writer_ext(Some(1)),
-            self.cancel.clone(),
-        ));
+        let (progress, forward) = self.progress_to(w.make_writer_ext(Some(1)));
         let engine = &self.shared.engine;
         let by = &self.identity.name;
         let result = match release {
@@ -903,12 +883,7 @@ impl GitJob {
     /// summary on stderr, as a rollback's are.
     async fn lifecycle(self, channel: Channel<Msg>, op: Lifecycle) -> Result<()> {
         let (_, w) = channel.split();
-        let (progress, lines) = Progress::channel();
-        let forward = tokio::spawn(forward_lines(
-            lines,
-            w.make_writer_ext(Some(1)),
-            self.cancel.clone(),
-        ));
+        let (progress, forward) = self.progress_to(w.make_writer_ext(Some(1)));
         let engine = &self.shared.engine;
         let by = &self.identity.name;
         let result = match op {
@@ -975,6 +950,19 @@ struct RemoveOnDrop(PathBuf);
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl GitJob {
+    /// Progress whose lines go to the client's stderr (`writer`), in order,
+    /// until the job is cancelled; the task ends when `progress` is dropped.
+    fn progress_to<W: AsyncWrite + Unpin + Send + 'static>(
+        &self,
+        writer: W,
+    ) -> (Progress, tokio::task::JoinHandle<()>) {
+        let (progress, lines) = Progress::channel();
+        let forward = tokio::spawn(forward_lines(lines, writer, self.cancel.clone()));
+        (progress, forward)
     }
 }
 

@@ -8,23 +8,6 @@ use std::time::Duration;
 
 use crate::support::{Answer, App, Node, git, run_with_timeout, url_encode};
 
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Skips (loudly) where the node cannot create accounts: these attacks are
-/// about what a root node lets a site do.
-macro_rules! root_only {
-    () => {
-        if !is_root() {
-            eprintln!(
-                "skipped: needs root (a node run by a normal user runs every site as itself)"
-            );
-            return;
-        }
-    };
-}
-
 /// An app served by `main.py` whose WSGI function body is `code` (it has
 /// `environ`, `qs` (the query string) and must return a str).
 fn python_app(name: &str, code: &str) -> App {

@@ -171,10 +171,7 @@ fn config_is_refused_with_the_reason_and_nothing_deploys() {
     node.deploy("blog", &env_app()).success();
 
     // A key limited to another site may not even look.
-    let other = node.keygen("other");
-    let public = format!("{}.pub", other.display());
-    node.keys(&["add", "other", &public, "--sites", "other.localhost"])
-        .success();
+    let other = node.limited_key("other", "other.localhost");
     let limited = Laptop::new(&node, &other);
     let refused = "site blog.localhost not found, or this key (other) may not use it";
     for args in [

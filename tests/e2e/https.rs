@@ -256,10 +256,7 @@ fn https_serves_live_prev_and_aliases_and_http_redirects_to_it() {
         line.contains(" alias ") && line.contains("certificate valid until"),
         "{line}"
     );
-    let other = node.keygen("other");
-    let public = format!("{}.pub", other.display());
-    node.keys(&["add", "other", &public, "--sites", "shop.example.test"])
-        .success();
+    let other = node.limited_key("other", "shop.example.test");
     ssh(node, &other, "domains blog.example.test add x.example.test")
         .failure()
         .stderr_has("site blog.example.test not found, or this key (other) may not use it");

@@ -97,10 +97,7 @@ fn disable_serves_the_maintenance_page_and_enable_brings_the_live_release_back()
     assert_eq!(node.body("blog.localhost"), "v3\n");
 
     // A key limited to another site may not disable this one.
-    let other = node.keygen("other");
-    let public = format!("{}.pub", other.display());
-    node.keys(&["add", "other", &public, "--sites", "other.localhost"])
-        .success();
+    let other = node.limited_key("other", "other.localhost");
     let refused = "site blog.localhost not found, or this key (other) may not use it";
     Laptop::new(&node, &other)
         .toppcloud(&["disable", "blog.localhost"])
@@ -145,10 +142,7 @@ fn destroy_removes_the_site_and_keeps_its_files_unless_asked() {
     assert_eq!(node.body("blog.localhost"), "pushed\n");
 
     // A key limited to another site may not destroy this one.
-    let other = node.keygen("other");
-    let public = format!("{}.pub", other.display());
-    node.keys(&["add", "other", &public, "--sites", "other.localhost"])
-        .success();
+    let other = node.limited_key("other", "other.localhost");
     let refused = "site blog.localhost not found, or this key (other) may not use it";
     Laptop::new(&node, &other)
         .toppcloud(&["destroy", "blog.localhost", "--yes"])

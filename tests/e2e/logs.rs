@@ -8,10 +8,6 @@ use std::time::Duration;
 
 use crate::support::{App, Background, Laptop, Node, Run, run_with_timeout, ssh, url_encode};
 
-fn is_root() -> bool {
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Site A: noisy on stderr at import, a traceback at /boom, the logging
 /// module at /log, and `said X` on stderr at /say?x=X.
 fn noisy_app() -> App {
@@ -224,10 +220,7 @@ fn logs_show_each_sites_own_errors_and_requests_and_follow_until_the_client_goes
         .stdout_has("said after-follow");
 
     // A key limited to B is refused A's logs, as any command on A.
-    let limited = node.keygen("limited");
-    let public = format!("{}.pub", limited.display());
-    node.keys(&["add", "limited", &public, "--sites", "quiet.localhost"])
-        .success();
+    let limited = node.limited_key("limited", "quiet.localhost");
     let refused = Laptop::new(&node, &limited).toppcloud(&["logs", "noisy"]);
     refused
         .fails()
@@ -244,10 +237,7 @@ fn logs_show_each_sites_own_errors_and_requests_and_follow_until_the_client_goes
 
 #[test]
 fn a_site_can_neither_read_nor_write_another_sites_logs() {
-    if !is_root() {
-        eprintln!("skipped: needs root (a node run by a normal user runs every site as itself)");
-        return;
-    }
+    root_only!();
     let node = Node::start();
     node.deploy("noisy", &noisy_app()).success();
     node.deploy("quiet", &quiet_app()).success();
@@ -285,10 +275,7 @@ fn a_site_can_neither_read_nor_write_another_sites_logs() {
 
 #[test]
 fn a_site_can_neither_forge_nor_read_request_lines_through_apaches_log_pipe() {
-    if !is_root() {
-        eprintln!("skipped: needs root (a node run by a normal user runs every site as itself)");
-        return;
-    }
+    root_only!();
     let node = Node::start();
     node.deploy("noisy", &noisy_app()).success();
     node.deploy("quiet", &quiet_app()).success();

@@ -10,6 +10,7 @@
 //! Tests wait on conditions (a gate file, a port, a status), never on a
 //! fixed sleep.
 
+#[macro_use]
 mod support;
 
 mod attacks;

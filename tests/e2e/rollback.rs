@@ -119,10 +119,7 @@ fn rollback_swaps_live_and_prev_and_activate_makes_a_kept_release_live() {
         .stderr_has("solo.localhost has only one release: nothing to roll back to");
 
     // A key limited to another site may not roll this one back.
-    let other = node.keygen("other");
-    let public = format!("{}.pub", other.display());
-    node.keys(&["add", "other", &public, "--sites", "other.localhost"])
-        .success();
+    let other = node.limited_key("other", "other.localhost");
     let limited = Laptop::new(&node, &other);
     let refused = "site blog.localhost not found, or this key (other) may not use it";
     limited

@@ -129,10 +129,7 @@ fn status_and_releases_report_live_prev_health_and_respect_a_keys_sites() {
     assert_eq!(site(&status, "one.localhost")["health"], "ok");
 
     // From a laptop whose key may use one.localhost alone.
-    let limited = node.keygen("limited");
-    let public = format!("{}.pub", limited.display());
-    node.keys(&["add", "limited", &public, "--sites", "one.localhost"])
-        .success();
+    let limited = node.limited_key("limited", "one.localhost");
     let laptop = Laptop::new(&node, &limited);
     let seen = json(&laptop.toppcloud(&["status", "--json"]));
     assert_eq!(names(&seen), ["one.localhost"], "{seen:#}");

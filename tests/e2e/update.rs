@@ -250,10 +250,7 @@ fn rsync_forms_other_than_an_upload_are_refused() {
 #[test]
 fn rsync_extra_destination_cannot_write_outside_the_upload_area() {
     let node = Node::start();
-    let key = node.keygen("limited");
-    let public = format!("{}.pub", key.display());
-    node.keys(&["add", "limited", &public, "--sites", "blog.localhost"])
-        .success();
+    let key = node.limited_key("limited", "blog.localhost");
     let app = App::plain("blog", 1, "payload\n");
     let work = tempfile::tempdir().expect("tempdir");
     let victim = work.path().join("victim");

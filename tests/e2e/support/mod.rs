@@ -266,3 +266,22 @@ pub fn free_loopback_port() -> u16 {
         .expect("bind 127.0.0.1:0")
         .port()
 }
+
+/// Whether the tests run as root (CI does): a root node runs each site as
+/// its own account, which some tests are about.
+pub fn is_root() -> bool {
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Skips (loudly) where the node cannot create accounts: the test is about
+/// what a root node lets a site do.
+macro_rules! root_only {
+    () => {
+        if !crate::support::is_root() {
+            eprintln!(
+                "skipped: needs root (a node run by a normal user runs every site as itself)"
+            );
+            return;
+        }
+    };
+}

@@ -162,6 +162,16 @@ impl Node {
         )
     }
 
+    /// A key pair authorized for `site` alone (`keys add --sites`);
+    /// returns the private key.
+    pub fn limited_key(&self, name: &str, site: &str) -> PathBuf {
+        let key = self.keygen(name);
+        let public = format!("{}.pub", key.display());
+        self.keys(&["add", name, &public, "--sites", site])
+            .success();
+        key
+    }
+
     /// Makes an ed25519 key pair in the test dir; returns the private key.
     pub fn keygen(&self, name: &str) -> PathBuf {
         let path = self.dir.path().join(format!("key-{name}"));
